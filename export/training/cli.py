@@ -1,0 +1,84 @@
+"""`ralu-train`: train the built-in `shapes` model from a seed, or assemble a pipeline folder from packed
+weights. `all` writes checkpoints under --work (rerun the same command to resume) and packed weights to
+--weights-out; `assemble` turns packed weights into the diffusers FluxPipeline folder that ships."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ralu_edge.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ralu_export.training.train import TrainConfig
+
+    p = argparse.ArgumentParser(prog="ralu-train", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("all", help="train tokenizers, VAE, transformer + text encoders, classifier",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a.add_argument("--work", type=Path, required=True, help="checkpoint folder (reused to resume)")
+    a.add_argument("--weights-out", type=Path, required=True, help="folder for the packed weights + report")
+    a.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    a.add_argument("--init-weights", type=Path, default=None,
+                   help="continue from packed weights of an earlier run (keeps its VAE and classifier)")
+    a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.type in ("int", "float"):
+            a.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float,
+                           default=getattr(TrainConfig(), f.name), help=f"TrainConfig.{f.name}")
+    s = sub.add_parser("assemble", help="packed weights -> FluxPipeline folder + classifier weights",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--weights", type=Path, required=True, help="folder written by `ralu-train all`")
+    s.add_argument("--tokenizers", type=Path, default=None,
+                   help="tokenizer folder (default: rebuild them deterministically in a temporary folder)")
+    s.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
+    s.add_argument("--classifier-out", type=Path, required=True, help="where to write classifier.safetensors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    try:
+        import tempfile
+
+        import torch
+
+        from ralu_export import shapes_model as sm
+        from ralu_export.training import run
+        from ralu_export.training.train import TrainConfig
+
+        if args.command == "all":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            if args.device.startswith("cuda"):
+                if not torch.cuda.is_available():
+                    raise UserError("--device cuda was given but torch sees no GPU; use --device cpu.")
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                         if hasattr(args, f.name)}
+            report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,
+                                   torch.device(args.device), init_weights=args.init_weights)
+            print(json.dumps({k: report[k] for k in ("vae", "dit", "classifier", "classifier_accuracy_clean",
+                                                     "total_seconds") if k in report}))
+        else:
+            if not (args.weights / "training_report.json").is_file():
+                raise UserError(f"{args.weights}: no training_report.json; pass the folder `ralu-train all` wrote.")
+            with tempfile.TemporaryDirectory() as tmp:
+                toks = args.tokenizers or run.build_tokenizers(Path(tmp) / "tokenizers")
+                print(run.assemble_pipeline_folder(args.weights, toks, args.out, args.classifier_out))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

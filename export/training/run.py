@@ -1,0 +1,145 @@
+"""The whole training run and its artifacts: `train_all` (phases with resume), `pack_weights` (the trained
+tensors as a few safetensors shards + a JSON report) and `assemble_pipeline_folder` (those shards -> a
+diffusers FluxPipeline folder via save_pretrained, plus the classifier weights)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ralu_export import shapes_model as sm
+from ralu_export.eval.classifier import AttributeClassifier
+from ralu_export.training.data import render_training_set, tokenize_captions
+from ralu_export.training.train import (
+    TrainConfig, classifier_accuracy, encode_latents, train_classifier, train_dit, train_vae,
+)
+
+log = logging.getLogger(__name__)
+SHARD_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB
+
+
+def build_tokenizers(root: Path) -> Path:
+    sm.build_clip_tokenizer(root / "tokenizer")
+    sm.build_t5_tokenizer(root / "tokenizer_2")
+    return root
+
+
+def _fresh_components(model_cfg: sm.ShapesModelConfig, tokenizer_root: Path, seed: int) -> dict:
+    clip_tok, t5_tok = sm.load_tokenizers(tokenizer_root)
+    torch.manual_seed(seed)  # module initialisers draw from torch's global generator; seed it once here
+    return sm.build_components(model_cfg, len(clip_tok), len(t5_tok), sm.clip_special_ids(clip_tok))
+
+
+def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, weights_out: Path,
+              device: torch.device, init_weights: Path | None = None) -> dict:
+    """Run every phase (resuming from `work`), then write the packed weights to `weights_out`.
+
+    With `init_weights` (packed weights of an earlier run) training continues from them: the VAE, its latent
+    normalisation and the classifier are taken as they are, and the transformer + text encoders go on
+    training (the shipped model is such a second round, docs/shapes-model.md)."""
+    started = time.monotonic()
+    tokenizer_root = build_tokenizers(work / "tokenizers")
+    data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None)
+    report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
+                    "torch": torch.__version__, "render_seconds": time.monotonic() - started}
+    comps = _fresh_components(model_cfg, tokenizer_root, cfg.seed)
+    clf = AttributeClassifier(model_cfg.image_size)
+    if init_weights is not None:
+        earlier = load_packed_weights(init_weights, comps, clf)
+        report["init_weights"] = {"from": str(init_weights), "earlier_report": earlier}
+    comps = {k: v.to(device) for k, v in comps.items()}
+    clf = clf.to(device)
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device)
+    if init_weights is None:
+        report["vae"] = train_vae(comps["vae"], images, cfg, work, device)
+        full = encode_latents(comps["vae"], images, model_cfg.image_size)
+        shift, scale = float(full.mean()), float(1.0 / full.std())
+    else:
+        comps["vae"].eval()
+        shift, scale = earlier["latent_shift_factor"], earlier["latent_scaling_factor"]
+        full = None
+    comps["vae"].register_to_config(scaling_factor=scale, shift_factor=shift)
+    report["latent_shift_factor"], report["latent_scaling_factor"] = shift, scale
+    latents = {s: (encode_latents(comps["vae"], images, s) - shift) * scale for s in cfg.resolutions}
+    del images, full
+    clip_ids, t5_ids = (torch.from_numpy(a).to(device) for a in
+                        tokenize_captions(data.captions, tokenizer_root, sm.TEXT_LENGTH))
+    ema = {n: copy.deepcopy(comps[n]).requires_grad_(False) for n in ("transformer", "text_encoder", "text_encoder_2")}
+    report["dit"] = train_dit(comps, ema, latents, clip_ids, t5_ids, cfg, work, device)
+    del latents
+    if init_weights is None:
+        report["classifier"] = train_classifier(clf, comps["vae"], cfg, work, device)
+    clf.eval()
+    report["classifier_accuracy_clean"] = classifier_accuracy(clf, cfg.seed, 1000, device)
+    report["total_seconds"] = time.monotonic() - started
+    pack_weights(weights_out, {**ema, "vae": comps["vae"]}, clf, report)
+    return report
+
+
+def _cpu_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}  # clone: T5 ties keys
+
+
+def pack_weights(out: Path, components: dict, clf: AttributeClassifier, report: dict) -> None:
+    """transformer shards, vae, text encoders and classifier as safetensors (each <= 15 MiB) + report JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    shard, size, index = {}, 0, 0
+    for key, value in _cpu_state(components["transformer"]).items():
+        nbytes = value.numel() * value.element_size()
+        if shard and size + nbytes > SHARD_BYTES:
+            save_file(shard, str(out / f"transformer-{index}.safetensors"))
+            shard, size, index = {}, 0, index + 1
+        shard[key], size = value, size + nbytes
+    save_file(shard, str(out / f"transformer-{index}.safetensors"))
+    save_file(_cpu_state(components["vae"]), str(out / "vae.safetensors"))
+    save_file({**_cpu_state(components["text_encoder"], "text_encoder."),
+               **_cpu_state(components["text_encoder_2"], "text_encoder_2.")}, str(out / "text_encoders.safetensors"))
+    save_file(_cpu_state(clf), str(out / "classifier.safetensors"))
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def load_packed_weights(weights: Path, comps: dict, clf: AttributeClassifier | None) -> dict:
+    """Load what `pack_weights` wrote into freshly built components (and classifier); returns its report."""
+    report = json.loads((weights / "training_report.json").read_text())
+    transformer_state: dict = {}
+    for shard in sorted(weights.glob("transformer-*.safetensors")):
+        transformer_state.update(load_file(str(shard)))
+    comps["transformer"].load_state_dict(transformer_state)
+    comps["vae"].load_state_dict(load_file(str(weights / "vae.safetensors")))
+    comps["vae"].register_to_config(scaling_factor=report["latent_scaling_factor"],
+                                    shift_factor=report["latent_shift_factor"])
+    text = load_file(str(weights / "text_encoders.safetensors"))
+    for name in ("text_encoder", "text_encoder_2"):
+        prefix = name + "."
+        comps[name].load_state_dict({k[len(prefix):]: v for k, v in text.items() if k.startswith(prefix)})
+    if clf is not None:
+        clf.load_state_dict(load_file(str(weights / "classifier.safetensors")))
+    return report
+
+
+def assemble_pipeline_folder(weights: Path, tokenizer_root: Path, out: Path, classifier_out: Path) -> Path:
+    """Packed weights -> a FluxPipeline folder at `out` (written to a temporary name, then moved)."""
+    report = json.loads((weights / "training_report.json").read_text())
+    mc = report["model_config"]
+    model_cfg = sm.ShapesModelConfig(**{**mc, "axes_dims_rope": tuple(mc["axes_dims_rope"]),
+                                        "vae_channels": tuple(mc["vae_channels"])})
+    comps = _fresh_components(model_cfg, tokenizer_root, 0)
+    load_packed_weights(weights, comps, None)
+    pipe = sm.assemble_pipeline(comps, tokenizer_root)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    shutil.copyfile(weights / "classifier.safetensors", classifier_out)
+    return out
