@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--weights", type=Path, required=True, help="folder written by `ralu-train all`")
     s.add_argument("--tokenizers", type=Path, default=None,
-                   help="tokenizer folder (default: rebuild them deterministically in a temporary folder)")
+                   help="tokenizer folder (default: the shipped ones, else a fresh build)")
     s.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     s.add_argument("--classifier-out", type=Path, required=True, help="where to write classifier.safetensors")
     return p
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.weights / "training_report.json").is_file():
                 raise UserError(f"{args.weights}: no training_report.json; pass the folder `ralu-train all` wrote.")
             with tempfile.TemporaryDirectory() as tmp:
-                toks = args.tokenizers or run.build_tokenizers(Path(tmp) / "tokenizers")
+                toks = args.tokenizers or run.training_tokenizers(Path(tmp) / "tokenizers")
                 print(run.assemble_pipeline_folder(args.weights, toks, args.out, args.classifier_out))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,9 +27,24 @@ SHARD_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB
 
 
 def build_tokenizers(root: Path) -> Path:
+    """Fresh tokenizers from the caption vocabulary. T5's is built token by token and is reproducible;
+    the CLIP BPE comes from tokenizers' BpeTrainer, whose id order among equal-count merges is not
+    stable across runs, so training uses the shipped tokenizers when present (`training_tokenizers`)."""
     sm.build_clip_tokenizer(root / "tokenizer")
     sm.build_t5_tokenizer(root / "tokenizer_2")
     return root
+
+
+def training_tokenizers(root: Path) -> Path:
+    """The tokenizers a training run uses: a copy of the shipped ones, else a fresh build (first ever run)."""
+    from ralu_export import builtin_file
+
+    shipped = builtin_file("shapes")
+    if (shipped / "tokenizer" / "tokenizer.json").is_file() and (shipped / "tokenizer_2" / "tokenizer.json").is_file():
+        for sub in ("tokenizer", "tokenizer_2"):
+            shutil.copytree(shipped / sub, root / sub, dirs_exist_ok=True)
+        return root
+    return build_tokenizers(root)
 
 
 def _fresh_components(model_cfg: sm.ShapesModelConfig, tokenizer_root: Path, seed: int) -> dict:
@@ -46,7 +61,7 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     normalisation and the classifier are taken as they are, and the transformer + text encoders go on
     training (the shipped model is such a second round, docs/shapes-model.md)."""
     started = time.monotonic()
-    tokenizer_root = build_tokenizers(work / "tokenizers")
+    tokenizer_root = training_tokenizers(work / "tokenizers")
     data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None)
     report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
                     "torch": torch.__version__, "render_seconds": time.monotonic() - started}
@@ -138,6 +153,8 @@ def assemble_pipeline_folder(weights: Path, tokenizer_root: Path, out: Path, cla
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
     (tmp / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    # CLIPTokenizer (slow) saves vocab.json + merges.txt only; the torch-free runtime reads tokenizer.json.
+    shutil.copyfile(tokenizer_root / "tokenizer" / "tokenizer.json", tmp / "tokenizer" / "tokenizer.json")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

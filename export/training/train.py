@@ -80,7 +80,7 @@ class _StepPlan:
     def __init__(self, steps: int, budget_seconds: float, done: int, resumed: dict | None = None):
         self.total, self.budget, self.start, self.first = steps, budget_seconds, time.monotonic(), done
         self.fixed = budget_seconds <= 0
-        if resumed and "total_steps" in resumed:  # a resumed phase keeps the plan it started with
+        if budget_seconds > 0 and resumed and "total_steps" in resumed:  # a budgeted phase keeps its plan
             self.total, self.fixed = int(resumed["total_steps"]), True
 
     def done(self, step: int) -> bool:

@@ -1,0 +1,31 @@
+"""Generating evaluation images with diffusers' own FluxPipeline (the reference path of issue 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+TEXT_LENGTH = 32  # the built-in model's T5 length (ralu_export.shapes_model.TEXT_LENGTH)
+
+
+def flux_pipeline_images(pipe, prompts: list[str], seeds: list[int], steps: int, size: int = 128,
+                         batch: int = 16, max_sequence_length: int = TEXT_LENGTH) -> np.ndarray:
+    """uint8 images [B, size, size, 3]; image i uses torch.Generator().manual_seed(seeds[i])."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch]]
+        images = pipe(prompts[i:i + batch], num_inference_steps=steps, height=size, width=size,
+                      max_sequence_length=max_sequence_length, generator=gens, output_type="np").images
+        out.append(np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Tile uint8 images [B, H, W, 3] into one [rows*H, columns*W, 3] image (blank cells at the end)."""
+    b, h, w, c = images.shape
+    rows = -(-b // columns)
+    grid = np.full((rows * h, columns * w, c), 255, dtype=np.uint8)
+    for i in range(b):
+        r, q = divmod(i, columns)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = images[i]
+    return grid

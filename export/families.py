@@ -1,0 +1,288 @@
+"""Per-family export knowledge in one declarative table (STYLE.md "Configs and presets"; the role of
+optimum's model_configs.py without its inheritance): for each family, the graphs it exports, each graph's
+boundary module, input/output names with symbolic axes, the targets that carry it, whether int8 applies,
+the dynamic dimensions and the tolerances. The built-in `shapes` model is an instance of the `flux` family;
+a model name never appears in an `if` outside this table.
+
+Shapes are templates: an int is a fixed size, a key of `Geometry.sizes()` is the model's size (resolved
+when the bundle is built), any other string is a symbolic dimension from the family's `dims`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from ralu_edge.errors import UserError
+from ralu_export import graph_modules as gm
+
+Dim = Union[int, str]
+ALL_TARGETS = ("desktop", "android", "executorch", "ios")
+
+
+@dataclass(frozen=True)
+class TensorTemplate:
+    """A graph input or output: name, dtype, shape template; `optional` inputs get an empty in-graph
+    default (an overridable initializer) so that optimum, which never feeds them, still runs the graph."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class DimSpec:
+    """A symbolic dimension: a root with bounds, or derived from a root as root * times + plus (plus and
+    times may name a Geometry size)."""
+
+    min: int = 2
+    max: int = 65536
+    root: Optional[str] = None
+    times: Union[int, str] = 1
+    plus: Union[int, str] = 0
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of a family.
+
+    name: manifest graph name; folder/stem: `<folder>/<stem>.onnx` (optimum's layout uses stem "model");
+    source: the pipeline attribute the boundary module wraps; shares_weights: graphs with the same key
+    write their weights once, into `<folder>/model.onnx_data`; parity_cases: the symbolic-dim values to
+    compare at ("stages" expands to every preset stage length of every resolution)."""
+
+    name: str
+    role: str
+    folder: str
+    stem: str
+    source: str
+    module: Callable
+    inputs: tuple[TensorTemplate, ...]
+    outputs: tuple[TensorTemplate, ...]
+    targets: tuple[str, ...] = ALL_TARGETS
+    quantizable: bool = False
+    shares_weights: Optional[str] = None
+    parity_cases: str = "single"
+
+    @property
+    def path(self) -> str:
+        return f"{self.folder}/{self.stem}.onnx"
+
+
+@dataclass(frozen=True)
+class EncoderRole:
+    """A text encoder of the family: its graph, tokenizer folder, kind, and what the denoiser uses from it."""
+
+    graph: str
+    tokenizer: str
+    kind: str
+    use: str
+    sequence_output: str
+    pooled_output: Optional[str]
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Export-time parity floors (DESIGN.md "Conventions", issue 4 item 7): float graphs by max abs error
+    relative to max |reference|, int8 graphs by cosine of the outputs."""
+
+    fp32_rel: float = 1e-3
+    int8_cosine: float = 0.99
+    xnnpack_rel: float = 1e-2
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of one model at one bundle resolution, read from the pipeline's component configs."""
+
+    height: int
+    width: int
+    vae_factor: int
+    latent_channels: int
+    patch: int
+    text_length: int
+    clip_length: int
+    text_dim: int
+    pooled_dim: int
+    head_dim: int
+    axes_dim: tuple[int, ...]
+    theta: float
+    guidance: bool
+    vae_scaling: float
+    vae_shift: float
+    clip_vocab: int
+    t5_vocab: int
+    clip_eos: int
+
+    @property
+    def latent_height(self) -> int:
+        return self.height // self.vae_factor
+
+    @property
+    def latent_width(self) -> int:
+        return self.width // self.vae_factor
+
+    @property
+    def grid_height(self) -> int:
+        return self.latent_height // self.patch
+
+    @property
+    def grid_width(self) -> int:
+        return self.latent_width // self.patch
+
+    @property
+    def token_channels(self) -> int:
+        return self.latent_channels * self.patch * self.patch
+
+    def sizes(self) -> dict[str, int]:
+        """The named sizes shape templates may use."""
+        return {
+            "token_channels": self.token_channels, "text_length": self.text_length, "text_dim": self.text_dim,
+            "pooled_dim": self.pooled_dim, "head_dim": self.head_dim, "clip_length": self.clip_length,
+            "clip_dim": self.pooled_dim, "t5_dim": self.text_dim, "latent_channels": self.latent_channels,
+            "latent_parameters": 2 * self.latent_channels, "vae_factor": self.vae_factor,
+            "num_axes": len(self.axes_dim),
+        }
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything the exporter knows about one model family."""
+
+    name: str
+    pipeline_class: str
+    graphs: tuple[GraphSpec, ...]
+    encoders: tuple[EncoderRole, ...]
+    dims: dict[str, DimSpec]
+    geometry: Callable[[Path, int, int], Geometry]
+    tolerances: Tolerances = field(default_factory=Tolerances)
+
+    def graph(self, name: str) -> GraphSpec:
+        return next(g for g in self.graphs if g.name == name)
+
+
+def _config(folder: Path, component: str) -> dict:
+    return json.loads((folder / component / "config.json").read_text())
+
+
+def _tokenizer_length(folder: Path, component: str, fallback: int) -> int:
+    path = folder / component / "tokenizer_config.json"
+    length = json.loads(path.read_text()).get("model_max_length", fallback) if path.is_file() else fallback
+    return int(min(length, fallback)) if isinstance(length, (int, float)) else fallback
+
+
+def flux_geometry(folder: Path, height: int, width: int) -> Geometry:
+    """Geometry of a diffusers FluxPipeline folder at height x width (configs only, no weights loaded).
+    T5 length: tokenizer_2's model_max_length capped at 512 (FluxPipeline's max_sequence_length)."""
+    transformer, vae = _config(folder, "transformer"), _config(folder, "vae")
+    clip, t5 = _config(folder, "text_encoder"), _config(folder, "text_encoder_2")
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return Geometry(
+        height=height, width=width, vae_factor=factor, latent_channels=int(vae["latent_channels"]), patch=2,
+        text_length=_tokenizer_length(folder, "tokenizer_2", 512),
+        clip_length=_tokenizer_length(folder, "tokenizer", int(clip["max_position_embeddings"])),
+        text_dim=int(transformer["joint_attention_dim"]), pooled_dim=int(transformer["pooled_projection_dim"]),
+        head_dim=int(transformer["attention_head_dim"]), axes_dim=tuple(transformer["axes_dims_rope"]),
+        theta=10000.0, guidance=bool(transformer.get("guidance_embeds", False)),
+        vae_scaling=float(vae["scaling_factor"]), vae_shift=float(vae.get("shift_factor") or 0.0),
+        clip_vocab=int(clip["vocab_size"]), t5_vocab=int(t5["vocab_size"]), clip_eos=int(clip["eos_token_id"]),
+    )
+
+
+_DENOISER_COMMON = (
+    TensorTemplate("hidden_states", "float32", (1, "num_image_tokens", "token_channels")),
+    TensorTemplate("encoder_hidden_states", "float32", (1, "text_length", "text_dim")),
+    TensorTemplate("pooled_projections", "float32", (1, "pooled_dim")),
+    TensorTemplate("timestep", "float32", (1,)),
+)
+_PLACEHOLDERS = (
+    TensorTemplate("placeholder_ids", "int64", ("num_placeholders",), optional=True),
+)
+
+FLUX = FamilySpec(
+    name="flux",
+    pipeline_class="FluxPipeline",
+    dims={
+        "num_image_tokens": DimSpec(min=2, max=65536),
+        "num_rope_tokens": DimSpec(root="num_image_tokens", plus="text_length"),
+        "num_placeholders": DimSpec(min=0, max=1024),
+        "latent_height": DimSpec(min=2, max=1024),
+        "latent_width": DimSpec(min=2, max=1024),
+        "height": DimSpec(root="latent_height", times="vae_factor"),
+        "width": DimSpec(root="latent_width", times="vae_factor"),
+    },
+    geometry=flux_geometry,
+    encoders=(
+        EncoderRole("text_encoder", "tokenizer", "clip", "pooled", "last_hidden_state", "pooler_output"),
+        EncoderRole("text_encoder_2", "tokenizer_2", "t5", "sequence", "last_hidden_state", None),
+    ),
+    graphs=(
+        GraphSpec(
+            name="denoiser", role="denoiser", folder="transformer", stem="denoiser", source="transformer",
+            module=gm.FluxDenoiser,
+            inputs=_DENOISER_COMMON + (
+                TensorTemplate("rope_cos", "float32", ("num_rope_tokens", "head_dim")),
+                TensorTemplate("rope_sin", "float32", ("num_rope_tokens", "head_dim")),
+            ),
+            outputs=(TensorTemplate("velocity", "float32", (1, "num_image_tokens", "token_channels")),),
+            quantizable=True, shares_weights="transformer", parity_cases="stages",
+        ),
+        GraphSpec(
+            name="transformer", role="denoiser_ids", folder="transformer", stem="model", source="transformer",
+            module=gm.FluxDenoiserFromIds,
+            inputs=_DENOISER_COMMON + (
+                TensorTemplate("txt_ids", "float32", ("text_length", "num_axes")),
+                TensorTemplate("img_ids", "float32", ("num_image_tokens", "num_axes")),
+            ),
+            outputs=(TensorTemplate("out_hidden_states", "float32", (1, "num_image_tokens", "token_channels")),),
+            targets=("desktop",), quantizable=True, shares_weights="transformer", parity_cases="full",
+        ),
+        GraphSpec(
+            name="text_encoder", role="text_encoder", folder="text_encoder", stem="model", source="text_encoder",
+            module=gm.ClipTextEncoder,
+            inputs=(TensorTemplate("input_ids", "int64", (1, "clip_length")), *_PLACEHOLDERS,
+                    TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "clip_dim"), True)),
+            outputs=(TensorTemplate("last_hidden_state", "float32", (1, "clip_length", "clip_dim")),
+                     TensorTemplate("pooler_output", "float32", (1, "clip_dim"))),
+            quantizable=True, parity_cases="placeholders",
+        ),
+        GraphSpec(
+            name="text_encoder_2", role="text_encoder", folder="text_encoder_2", stem="model",
+            source="text_encoder_2", module=gm.T5TextEncoder,
+            inputs=(TensorTemplate("input_ids", "int64", (1, "text_length")), *_PLACEHOLDERS,
+                    TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "t5_dim"), True)),
+            outputs=(TensorTemplate("last_hidden_state", "float32", (1, "text_length", "t5_dim")),),
+            quantizable=True, parity_cases="placeholders",
+        ),
+        GraphSpec(
+            name="vae_decoder", role="vae_decoder", folder="vae_decoder", stem="model", source="vae",
+            module=gm.VaeDecoder,
+            inputs=(TensorTemplate("latent_sample", "float32", (1, "latent_channels", "latent_height",
+                                                                   "latent_width")),),
+            outputs=(TensorTemplate("sample", "float32", (1, 3, "height", "width")),),
+            parity_cases="full_and_half",
+        ),
+        GraphSpec(
+            name="vae_encoder", role="vae_encoder", folder="vae_encoder", stem="model", source="vae",
+            module=gm.VaeEncoder,
+            inputs=(TensorTemplate("sample", "float32", (1, 3, "height", "width")),),
+            outputs=(TensorTemplate("latent_parameters", "float32", (1, "latent_parameters", "latent_height",
+                                                                      "latent_width")),
+                     TensorTemplate("latent_mean", "float32", (1, "latent_channels", "latent_height",
+                                                               "latent_width"))),
+            parity_cases="full",
+        ),
+    ),
+)
+
+FAMILIES: dict[str, FamilySpec] = {FLUX.pipeline_class: FLUX}
+
+
+def family_for(pipeline_class: str) -> FamilySpec:
+    """The family exporting a diffusers pipeline class; UserError listing the supported ones otherwise."""
+    if pipeline_class not in FAMILIES:
+        raise UserError(f"pipeline class {pipeline_class!r} has no export family yet; supported: "
+                        f"{', '.join(FAMILIES)}.")
+    return FAMILIES[pipeline_class]

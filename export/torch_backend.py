@@ -1,0 +1,130 @@
+"""The torch reference backend: diffusers' FluxTransformer2DModel behind the denoiser seam (DESIGN.md "The one
+seam"), plus the pipeline-side helpers a sampler needs around it (text conditioning, the initial noise FluxPipeline
+would draw for a seed, VAE decoding). Works for any diffusers FLUX pipeline, the built-in `shapes` model included.
+Every other backend is checked against this one. Lives in ralu_export: it imports torch and diffusers."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ralu_edge.seam import Conditioning
+from ralu_edge.tokens import pack_latents, unpack_latents
+
+DEFAULT_GUIDANCE = 3.5  # diffusers FluxPipeline's default guidance_scale
+
+
+class TorchFluxDenoiser:
+    """The seam `velocity[B, L, C] = denoiser(tokens[B, L, C], positions[L, 3], sigmas[B], cond)` over a diffusers
+    FluxTransformer2DModel, numpy in and out (float32 velocity).
+
+    Positions go in as float `img_ids` and the conditioning's text positions as `txt_ids`: diffusers' FluxPosEmbed
+    builds RoPE from float ids, so RALU's fractional stage-2 positions (spec/RALU.md §5) need no special path.
+    σ goes in as `timestep` unchanged (the transformer multiplies it, and the guidance, by 1000 itself). The
+    transformer is used as given: its parameters must already be in `dtype` on the device it should run on."""
+
+    def __init__(self, transformer: torch.nn.Module, dtype: torch.dtype = torch.float32):
+        param_dtype = next(transformer.parameters()).dtype
+        if param_dtype != dtype:
+            raise ValueError(f"the transformer's parameters are {param_dtype}, not {dtype}; "
+                             f"call transformer.to({dtype}) first or pass dtype={param_dtype}")
+        self.transformer = transformer
+        self.dtype = dtype
+        self.device = next(transformer.parameters()).device
+        self.guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
+
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device=self.device, dtype=dtype or self.dtype)
+
+    @torch.inference_mode()
+    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning) -> np.ndarray:
+        batch = tokens.shape[0]
+        if positions.shape != (tokens.shape[1], 3) or sigmas.shape != (batch,):
+            raise ValueError(f"seam shapes disagree: tokens {tokens.shape}, positions {positions.shape} "
+                             f"(expected [L, 3]), sigmas {sigmas.shape} (expected [B])")
+        guidance = None
+        if self.guidance_embeds:
+            if cond.guidance is None:
+                raise ValueError("this transformer is guidance-distilled (guidance_embeds=True) but cond.guidance "
+                                 "is None; build the conditioning with encode_prompt(..., guidance_scale=3.5)")
+            guidance = self._tensor(cond.guidance, torch.float32)
+        velocity = self.transformer(
+            hidden_states=self._tensor(tokens),
+            timestep=self._tensor(sigmas, torch.float32),
+            guidance=guidance,
+            pooled_projections=self._tensor(cond.pooled),
+            encoder_hidden_states=self._tensor(cond.text_states),
+            txt_ids=self._tensor(cond.positions_for_text(), torch.float32),
+            img_ids=self._tensor(positions, torch.float32),
+            return_dict=False,
+        )[0]
+        return velocity.float().cpu().numpy()
+
+
+def encode_prompt(pipe, prompts: list[str], max_sequence_length: int = 32,
+                  guidance_scale: float = DEFAULT_GUIDANCE) -> Conditioning:
+    """Text conditioning of a batch of prompts through the pipeline's own `encode_prompt` (CLIP pooled + T5).
+
+    Returns Conditioning with text_states [B, T, D] float32 (T = max_sequence_length; the built-in model needs
+    32), pooled [B, D_pooled] float32, text_positions [T, 3] float64 (FLUX: zeros) and, only for a
+    guidance-distilled transformer, guidance [B] float32 filled with guidance_scale."""
+    with torch.inference_mode():
+        states, pooled, text_ids = pipe.encode_prompt(prompt=list(prompts), prompt_2=None,
+                                                      max_sequence_length=max_sequence_length)
+    guidance = None
+    if getattr(pipe.transformer.config, "guidance_embeds", False):
+        guidance = np.full(len(prompts), guidance_scale, dtype=np.float32)
+    return Conditioning(
+        text_states=states.float().cpu().numpy(),
+        pooled=pooled.float().cpu().numpy(),
+        guidance=guidance,
+        text_positions=text_ids.double().cpu().numpy(),
+    )
+
+
+def packed_grid(pipe, height: int, width: int) -> tuple[int, int]:
+    """(grid_h, grid_w) of the packed token grid FluxPipeline uses for an image of height × width pixels:
+    H // (2·vae_scale_factor) each (16 × 16 for the built-in model at 128 px)."""
+    factor = 2 * pipe.vae_scale_factor
+    return int(height) // factor, int(width) // factor
+
+
+def initial_noise(pipe, seed: int, height: int, width: int) -> np.ndarray:
+    """The packed initial noise FluxPipeline draws for `generator=torch.Generator().manual_seed(seed)`:
+    [1, grid_h·grid_w, 4·C_latent] float32 (FluxPipeline.prepare_latents: randn of (1, C, 2·grid_h, 2·grid_w) on
+    the CPU in float32, then `_pack_latents`)."""
+    grid_h, grid_w = packed_grid(pipe, height, width)
+    channels = pipe.transformer.config.in_channels // 4
+    generator = torch.Generator().manual_seed(int(seed))
+    latents = torch.randn((1, channels, 2 * grid_h, 2 * grid_w), generator=generator, dtype=torch.float32)
+    return pack_latents(latents.numpy())
+
+
+@torch.inference_mode()
+def _decode_latents(pipe, latents: np.ndarray) -> torch.Tensor:
+    """RGB [B, 3, H, W] float32 tensor, roughly in [−1, 1], from normalised latents [B, C, h, w] (the sampler's
+    convention): undo the VAE normalisation (z / scaling_factor + shift_factor, as FluxPipeline) and decode."""
+    vae = pipe.vae
+    z = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32)).to(device=vae.device, dtype=vae.dtype)
+    z = z / vae.config.scaling_factor + vae.config.shift_factor
+    return vae.decode(z, return_dict=False)[0].float().cpu()
+
+
+def decode_tokens(pipe, tokens: np.ndarray, grid_h: int, grid_w: int) -> np.ndarray:
+    """uint8 images [B, H, W, 3] from raster-ordered packed tokens [B, grid_h·grid_w, C], as FluxPipeline's
+    output_type="np" rounded to 8 bits (ralu_export.eval.generate does the same)."""
+    images = _decode_latents(pipe, unpack_latents(np.asarray(tokens, dtype=np.float32), grid_h, grid_w))
+    images = (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def vae_decode_callable(pipe) -> Callable[[np.ndarray], np.ndarray]:
+    """The `decode` of RALU's canny edge proxy (ralu_edge.edges.canny_scores): normalised latents
+    [B, C, h, w] float32 -> RGB [B, 3, f·h, f·w] float32 clipped to [−1, 1] (f = pipe.vae_scale_factor)."""
+
+    def decode(latents: np.ndarray) -> np.ndarray:
+        return _decode_latents(pipe, latents).clamp(-1, 1).numpy()
+
+    return decode

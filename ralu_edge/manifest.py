@@ -1,0 +1,512 @@
+"""The bundle manifest `ralu_config.json` (DESIGN.md "Bundles"): what an exported bundle holds and what the
+runtime may trust — every file with its sha256 and size, every graph with its inputs and outputs, the
+resolutions and packed grids, the VAE normalisation, the text encoders with their injectable-embedding
+inputs, the tokenizers, the RoPE axes, the denoiser packaging chosen for the target (and why) and the RALU
+presets with their precomputed sigma lists and stage lengths.
+
+Written by `ralu_export` (last, after every file it names) and read by `ralu_runtime`. Standard library only:
+no numpy, no onnxruntime, no torch. Every malformed entry raises `UserError` naming the field and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, Optional, Union
+
+from ralu_edge.errors import UserError
+
+MANIFEST_NAME = "ralu_config.json"
+BUNDLE_FORMAT = "ralu-bundle"
+FORMAT_VERSION = 1
+
+Target = Literal["desktop", "android", "executorch", "ios"]
+Precision = Literal["fp32", "int8"]
+GraphFormat = Literal["onnx", "ort", "pte", "mlpackage"]
+GraphRole = Literal["denoiser", "denoiser_ids", "text_encoder", "vae_decoder", "vae_encoder"]
+Packaging = Literal["dynamic", "static"]
+DType = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
+Dim = Union[int, str]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def _fail(where: str, problem: str) -> UserError:
+    return UserError(f"{MANIFEST_NAME}: {where} {problem}; re-export the bundle with ralu-export.")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the bundle: POSIX path relative to the bundle root, sha256 (hex), size in bytes."""
+
+    path: str
+    sha256: str
+    size: int
+
+    def __post_init__(self) -> None:
+        parts = PurePosixPath(self.path).parts
+        if not self.path or self.path.startswith("/") or ".." in parts or "\\" in self.path:
+            raise _fail(f"files entry {self.path!r}", "is not a relative POSIX path inside the bundle")
+        if not _SHA256.match(self.sha256):
+            raise _fail(f"files entry {self.path!r}", f"has a malformed sha256 {self.sha256!r}")
+        if self.size < 0:
+            raise _fail(f"files entry {self.path!r}", f"has a negative size {self.size}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, dtype and shape; a str dim is symbolic (e.g. "num_image_tokens").
+    `optional` inputs carry a default inside the graph (an empty placeholder list) and may be left out."""
+
+    name: str
+    dtype: DType
+    shape: tuple[Dim, ...]
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        for dim in self.shape:
+            if not (isinstance(dim, str) and dim) and not (isinstance(dim, int) and dim >= 0):
+                raise _fail(f"tensor {self.name!r}", f"has an invalid dimension {dim!r}")
+
+
+@dataclass(frozen=True)
+class Parity:
+    """Export-time check of a graph against its torch module on example inputs (issue 4, item 7).
+
+    metric "max_rel" passes when max_abs_error <= tolerance * max|reference| (float graphs); metric
+    "cosine" passes when cosine >= tolerance (int8 graphs). `cases` names the example shapes compared."""
+
+    reference: str
+    metric: Literal["max_rel", "cosine"]
+    tolerance: float
+    max_abs_error: float
+    max_rel_error: float
+    cosine: float
+    passed: bool
+    cases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph (or one method of a multi-method program).
+
+    file: the graph file (for mlpackage, the package folder); data_files: external weights it reads
+    (shared between graphs when several list the same file); static_dims: symbolic dims baked into this
+    graph, e.g. {"num_image_tokens": 64} for a static stage variant; method: the program method (pte)."""
+
+    name: str
+    role: GraphRole
+    file: str
+    format: GraphFormat
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    data_files: tuple[str, ...] = ()
+    static_dims: dict[str, int] = field(default_factory=dict)
+    method: Optional[str] = None
+    parity: Optional[Parity] = None
+
+    def input(self, name: str) -> TensorSpec:
+        """The input called `name`; UserError when the graph has none."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise _fail(f"graph {self.name!r}", f"has no input {name!r}")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """An image size the bundle serves: pixels, latent size (pixels / VAE factor) and packed token grid
+    (latent / 2, FLUX 2x2 packing); RALU needs the grid even in both axes (spec/RALU.md §9.2)."""
+
+    height: int
+    width: int
+    latent_height: int
+    latent_width: int
+    grid_height: int
+    grid_width: int
+
+    def __post_init__(self) -> None:
+        if self.latent_height != 2 * self.grid_height or self.latent_width != 2 * self.grid_width:
+            raise _fail(f"resolution {self.height}x{self.width}", "has a packed grid that is not latent / 2")
+        if self.grid_height % 2 or self.grid_width % 2 or self.grid_height < 2 or self.grid_width < 2:
+            raise _fail(f"resolution {self.height}x{self.width}", "has an odd packed grid")
+
+    @property
+    def num_tokens(self) -> int:
+        """M = grid_height * grid_width full-resolution image tokens."""
+        return self.grid_height * self.grid_width
+
+
+@dataclass(frozen=True)
+class VaeSpec:
+    """Latent geometry and normalisation. The sampler holds normalised latents x = (z - shift) * scale;
+    the vae_decoder graph takes raw z = x / scale + shift (optimum's convention), so the host applies it
+    unless `normalization_in_graph` is true. The vae_encoder graph outputs both `latent_parameters` (raw
+    mean and logvar, optimum's name) and `latent_mean` (already normalised)."""
+
+    latent_channels: int
+    factor: int
+    scaling_factor: float
+    shift_factor: float
+    normalization_in_graph: bool = False
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """Host-side RoPE (spec/RALU.md §9.1): tables [T + L, head_dim] from ids [T + L, len(axes_dim)] by
+    `ralu_edge.rope.rope_tables(ids, axes_dim, theta)`; text ids first (all zero for FLUX)."""
+
+    axes_dim: tuple[int, ...]
+    theta: float
+    head_dim: int
+
+    def __post_init__(self) -> None:
+        if sum(self.axes_dim) != self.head_dim:
+            raise _fail("rope", f"axes_dim {list(self.axes_dim)} do not sum to head_dim {self.head_dim}")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A tokenizer folder copied into the bundle. `file` is what the `tokenizers` library loads; ids are
+    padded/truncated to max_length. New (learned) tokens take ids from first_free_id upwards."""
+
+    name: str
+    files: tuple[str, ...]
+    file: str
+    kind: Literal["clip", "t5"]
+    max_length: int
+    pad_token_id: int
+    eos_token_id: int
+    bos_token_id: Optional[int]
+    first_free_id: int
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """A text encoder graph with injectable embeddings (spec/ZO_PERSONALIZATION.md §11.3 (B)): every position
+    whose id equals placeholder_ids[j] takes placeholder_embeds[j] instead of the table row; ids at or above
+    vocab_rows are valid only as placeholders. Placeholder ids must be distinct. `use` is what the denoiser
+    takes from it: the pooled vector (CLIP, FLUX) or the sequence (T5)."""
+
+    name: str
+    graph: str
+    tokenizer: str
+    kind: Literal["clip", "t5"]
+    use: Literal["pooled", "sequence"]
+    hidden_size: int
+    vocab_rows: int
+    sequence_output: str
+    pooled_output: Optional[str]
+    placeholder_ids_input: str
+    placeholder_embeds_input: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class StageGraph:
+    """Which graph serves `num_image_tokens` image tokens; num_image_tokens is None for a dynamic graph."""
+
+    graph: str
+    num_image_tokens: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class DenoiserSpec:
+    """The denoiser stage graphs and how they are packaged for the target.
+
+    packaging "dynamic": one graph over a symbolic `token_dim` serves every stage length (one weight copy;
+    NPU sessions can pin it with SessionOptions.add_free_dimension_override_by_name); "static": one graph
+    per stage length. `packaging_note` records the measurement behind the choice. Inputs follow
+    spec/RALU.md §9.1: timestep is sigma in [0, 1] (the graph multiplies by 1000)."""
+
+    packaging: Packaging
+    packaging_note: str
+    token_dim: str
+    token_channels: int
+    text_length: int
+    text_dim: int
+    pooled_dim: int
+    guidance: bool
+    timestep: Literal["sigma"]
+    stage_graphs: tuple[StageGraph, ...]
+    full_res_graph: Optional[str] = None
+
+    def graph_for(self, num_image_tokens: int) -> str:
+        """The graph to run at this many image tokens; UserError when the bundle has none for it."""
+        for stage in self.stage_graphs:
+            if stage.num_image_tokens in (None, num_image_tokens):
+                return stage.graph
+        lengths = sorted(s.num_image_tokens for s in self.stage_graphs if s.num_image_tokens is not None)
+        raise UserError(f"this bundle has static denoiser graphs for {lengths} image tokens, not "
+                        f"{num_image_tokens}; re-export it with the resolution and preset you need.")
+
+
+@dataclass(frozen=True)
+class PresetStages:
+    """A preset's geometry at one resolution: k selected low-res tokens and (L1, L2, L3) (spec/RALU.md §9.2)."""
+
+    height: int
+    width: int
+    k: int
+    stage_lengths: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class PresetEntry:
+    """A RALU preset as `RaluPreset.to_dict()` wrote it (N, e, h, Z, r, c, s, a, b, stage_sigmas) plus its
+    stage lengths per bundle resolution. `ralu_edge.presets.RaluPreset.from_dict(entry.preset)` rebuilds it
+    and refuses sigma lists that disagree with N, e, h, Z."""
+
+    name: str
+    preset: dict[str, Any]
+    stages: tuple[PresetStages, ...]
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ("name", "N", "e", "h", "Z", "r", "stage_sigmas") if k not in self.preset]
+        if missing or self.preset.get("name") != self.name:
+            raise _fail(f"preset {self.name!r}", f"lacks {missing or ['a matching name']}")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the bundle came from: family (FamilySpec name), model name or path, pipeline class."""
+
+    family: str
+    name: str
+    pipeline_class: str
+
+
+@dataclass(frozen=True)
+class ExporterInfo:
+    """Exporter name and version, plus the versions of the tools that wrote the graphs."""
+
+    name: str
+    version: str
+    tools: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The whole `ralu_config.json`. Cross-references are checked on construction: every graph file and
+    data file is listed in `files`, every encoder/stage names an existing graph, and every placeholder
+    input exists in its encoder's graph."""
+
+    format: str
+    format_version: int
+    exporter: ExporterInfo
+    model: ModelInfo
+    target: Target
+    precision: Precision
+    resolutions: tuple[Resolution, ...]
+    vae: VaeSpec
+    text_length: int
+    rope: RopeSpec
+    denoiser: DenoiserSpec
+    text_encoders: tuple[TextEncoderSpec, ...]
+    tokenizers: tuple[TokenizerSpec, ...]
+    graphs: tuple[GraphEntry, ...]
+    presets: tuple[PresetEntry, ...]
+    files: tuple[FileEntry, ...]
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format != BUNDLE_FORMAT:
+            raise _fail("format", f"is {self.format!r}, not {BUNDLE_FORMAT!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise UserError(f"{MANIFEST_NAME}: format_version {self.format_version} is not the supported "
+                            f"{FORMAT_VERSION}; re-export the bundle with this version of ralu-export.")
+        if not self.resolutions:
+            raise _fail("resolutions", "is empty")
+        for res in self.resolutions:
+            if res.latent_height * self.vae.factor != res.height or res.latent_width * self.vae.factor != res.width:
+                raise _fail(f"resolution {res.height}x{res.width}", f"disagrees with VAE factor {self.vae.factor}")
+        _unique("files", [f.path for f in self.files])
+        _unique("graphs", [g.name for g in self.graphs])
+        _unique("presets", [p.name for p in self.presets])
+        _unique("tokenizers", [t.name for t in self.tokenizers])
+        listed = {f.path for f in self.files}
+        for graph in self.graphs:
+            for path in (graph.file, *graph.data_files):
+                if path not in listed and not any(p.startswith(path.rstrip("/") + "/") for p in listed):
+                    raise _fail(f"graph {graph.name!r}", f"uses {path!r}, which the files list lacks")
+        for encoder in self.text_encoders:
+            graph = self.graph(encoder.graph)
+            graph.input(encoder.placeholder_ids_input)
+            graph.input(encoder.placeholder_embeds_input)
+            self.tokenizer(encoder.tokenizer)
+        for stage in self.denoiser.stage_graphs:
+            self.graph(stage.graph)
+
+    def graph(self, name: str) -> GraphEntry:
+        """The graph called `name`; UserError listing the graphs otherwise."""
+        for graph in self.graphs:
+            if graph.name == name:
+                return graph
+        raise UserError(f"{MANIFEST_NAME}: no graph {name!r} (the bundle has "
+                        f"{', '.join(g.name for g in self.graphs)}); re-export the bundle with ralu-export.")
+
+    def tokenizer(self, name: str) -> TokenizerSpec:
+        """The tokenizer called `name`; UserError otherwise."""
+        for tokenizer in self.tokenizers:
+            if tokenizer.name == name:
+                return tokenizer
+        raise _fail(f"tokenizer {name!r}", "is referenced but not described")
+
+    def preset(self, name: str) -> PresetEntry:
+        """The preset called `name`; UserError listing the bundle's presets otherwise."""
+        for preset in self.presets:
+            if preset.name == name:
+                return preset
+        raise UserError(f"this bundle has no RALU preset {name!r}; it carries "
+                        f"{', '.join(p.name for p in self.presets) or 'none'} (re-export with --presets).")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        return _to_json(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Manifest":
+        """The manifest described by a parsed `ralu_config.json`; UserError on any missing or mistyped field."""
+        return _from_json(cls, data, "manifest")
+
+
+def _unique(what: str, names: list[str]) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise _fail(what, f"lists {name!r} twice")
+        seen.add(name)
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _to_json(v) for k, v in value.items()}
+    return value
+
+
+def _from_json(tp: Any, data: Any, where: str) -> Any:
+    """Build a value of annotated type `tp` from parsed JSON, checking types; UserError names the field."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, dict):
+            raise _fail(where, f"should be an object, got {type(data).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in data:
+                kwargs[f.name] = _from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _fail(where, f"lacks the field {f.name!r}")
+        return tp(**kwargs)
+    if origin is Literal:
+        if data not in args:
+            raise _fail(where, f"is {data!r}; expected one of {list(args)}")
+        return data
+    if origin in (Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _from_json(option, data, where)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        if not isinstance(data, list):
+            raise _fail(where, f"should be a list, got {type(data).__name__}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
+        if len(data) != len(args):
+            raise _fail(where, f"should have {len(args)} entries, got {len(data)}")
+        return tuple(_from_json(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise _fail(where, f"should be an object, got {type(data).__name__}")
+        return {k: _from_json(args[1], v, f"{where}.{k}") for k, v in data.items()}
+    if tp is Any:
+        return data
+    if tp is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise _fail(where, f"should be a number, got {data!r}")
+        return float(data)
+    if tp is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise _fail(where, f"should be an integer, got {data!r}")
+        return data
+    if tp in (str, bool):
+        if not isinstance(data, tp):
+            raise _fail(where, f"should be a {tp.__name__}, got {data!r}")
+        return data
+    raise TypeError(f"unsupported manifest field type {tp!r} at {where}")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(bundle_dir: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> tuple[FileEntry, ...]:
+    """A FileEntry for every regular file under bundle_dir (sorted POSIX paths), except `exclude`."""
+    bundle_dir = Path(bundle_dir)
+    entries = []
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle_dir).as_posix()
+        if rel not in exclude:
+            entries.append(FileEntry(rel, file_sha256(path), path.stat().st_size))
+    return tuple(entries)
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
+    """Check that every file the manifest lists exists with its size and sha256; UserError naming the first
+    file that is missing, truncated or altered."""
+    bundle_dir = Path(bundle_dir)
+    for entry in manifest.files:
+        path = bundle_dir / entry.path
+        if not path.is_file():
+            raise UserError(f"{bundle_dir.name}/{entry.path}: missing from the bundle; re-export the bundle.")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise UserError(f"{bundle_dir.name}/{entry.path}: {size} bytes but the manifest says {entry.size}; "
+                            "the file is truncated or replaced, re-export the bundle.")
+        digest = file_sha256(path)
+        if digest != entry.sha256:
+            raise UserError(f"{bundle_dir.name}/{entry.path}: sha256 {digest[:12]}… but the manifest says "
+                            f"{entry.sha256[:12]}…; the file was altered, re-export the bundle.")
+
+
+def read_manifest(bundle_dir: Path) -> Manifest:
+    """The manifest of a bundle folder (schema checked, files not hashed; call verify_files for that)."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{bundle_dir}: no {MANIFEST_NAME}, so this is not a complete ralu-export bundle; "
+                        "export one with `ralu-export --model shapes --target desktop --out DIR`.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e.__class__.__name__}); re-export the bundle.") from None
+    return Manifest.from_dict(data)
+
+
+def write_manifest(bundle_dir: Path, manifest: Manifest) -> Path:
+    """Write `ralu_config.json` into bundle_dir (via a temporary name and os.replace); returns its path."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

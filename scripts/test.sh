@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): the fast suite, then the torch-free layers again with torch,
+# diffusers, transformers and ralu_export made unimportable (DESIGN.md import rule). Extra arguments go to
+# the first pytest run (e.g. `-m slow` or `-k name`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=.venv/bin/python
+[ -x "$PY" ] || PY=python3
+"$PY" -m pytest -q -m "not slow" "$@"
+torch_free=$(ls tests/test_ralu_*.py tests/test_runtime_*.py 2>/dev/null || true)
+"$PY" -m pytest -q -m "not slow" -p tests.block_torch $torch_free
