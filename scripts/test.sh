@@ -8,5 +8,5 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=.venv/bin/python
 [ -x "$PY" ] || PY=python3
 "$PY" -m pytest -q -m "not slow" "$@"
-torch_free=$(ls tests/test_ralu_*.py tests/test_runtime_*.py 2>/dev/null || true)
+torch_free=$(ls tests/test_ralu_*.py tests/test_zo_*.py tests/test_runtime_*.py 2>/dev/null || true)
 "$PY" -m pytest -q -m "not slow" -p tests.block_torch $torch_free
