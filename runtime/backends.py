@@ -1,0 +1,168 @@
+"""ONNX Runtime implementations of the denoiser seam, the text encoders (with injected learned-token
+embeddings) and the VAE. One session per graph; the dynamic-token denoiser graph serves every RALU stage
+length from one session (one copy of the weights: ENVIRONMENT.md measured it leaner and faster on the CPU EP
+than per-stage sessions). RoPE tables are computed on the host from the seam's positions (spec/RALU.md §9.1)
+and cached per position array, since a stage runs many steps over the same positions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ralu_edge.errors import UserError
+from ralu_edge.rope import rope_tables
+from ralu_edge.seam import Conditioning
+from ralu_runtime.bundle import Bundle
+from ralu_runtime.sessions import SessionConfig, open_session
+from ralu_runtime.tokenization import PromptTokenizer, TokenizerConfig
+
+
+@dataclass
+class RunClock:
+    """Seconds spent inside session.run, and calls, accumulated by the backends (for host-overhead stats)."""
+
+    session_seconds: float = 0.0
+    calls: int = 0
+
+    def run(self, session, outputs, feeds):
+        start = time.perf_counter()
+        result = session.run(outputs, feeds)
+        self.session_seconds += time.perf_counter() - start
+        self.calls += 1
+        return result
+
+
+class OrtDenoiser:
+    """The seam over the bundle's denoiser graph: velocity = f(tokens, positions, sigmas, cond)."""
+
+    def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock):
+        spec = bundle.manifest.denoiser
+        self._bundle, self._config, self._clock = bundle, config, clock
+        self._spec = spec
+        self._rope = bundle.manifest.rope
+        self._sessions: dict[str, object] = {}
+        self._rope_key: bytes | None = None
+        self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _session(self, num_tokens: int):
+        name = self._spec.graph_for(num_tokens)
+        if name not in self._sessions:
+            self._sessions[name] = open_session(self._bundle, name, self._config)
+        return self._sessions[name]
+
+    def _tables(self, positions: np.ndarray, cond: Conditioning) -> tuple[np.ndarray, np.ndarray]:
+        key = positions.tobytes()
+        if key != self._rope_key:
+            ids = np.concatenate([cond.positions_for_text(), positions], axis=0)
+            self._rope_tables = rope_tables(ids, self._rope.axes_dim, self._rope.theta)
+            self._rope_key = key
+        return self._rope_tables
+
+    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning):
+        cos, sin = self._tables(positions, cond)
+        session = self._session(tokens.shape[1])
+        out = []
+        for b in range(tokens.shape[0]):  # the exported graphs take batch 1
+            feeds = {"hidden_states": np.ascontiguousarray(tokens[b:b + 1], dtype=np.float32),
+                     "encoder_hidden_states": cond.text_states[b:b + 1].astype(np.float32),
+                     "pooled_projections": cond.pooled[b:b + 1].astype(np.float32),
+                     "timestep": np.asarray(sigmas[b:b + 1], dtype=np.float32),
+                     "rope_cos": cos, "rope_sin": sin}
+            if self._spec.guidance:
+                guidance = cond.guidance if cond.guidance is not None else np.full((1,), 3.5, np.float32)
+                feeds["guidance"] = np.asarray(guidance[b:b + 1] if guidance.ndim else [guidance], np.float32)
+            out.append(self._clock.run(session, None, feeds)[0])
+        return np.concatenate(out, axis=0)
+
+    def release(self) -> None:
+        """Drop the sessions (low-memory handling); the next call reopens them."""
+        self._sessions.clear()
+
+
+@dataclass
+class LearnedTokens:
+    """Learned embeddings per token: {token: {text_encoder_name: [hidden] float32}}."""
+
+    embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+
+class OrtTextEncoders:
+    """Prompt -> Conditioning through the bundle's text encoders, injecting learned-token embeddings."""
+
+    def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock, learned: LearnedTokens | None = None):
+        self._bundle, self._clock = bundle, clock
+        self._learned = learned or LearnedTokens()
+        self._encoders = bundle.manifest.text_encoders
+        self._sessions = {e.name: open_session(bundle, e.graph, config) for e in self._encoders}
+        self._tokenizers = {}
+        for e in self._encoders:
+            spec = bundle.manifest.tokenizer(e.tokenizer)
+            cfg = TokenizerConfig(spec.max_length, spec.pad_token_id, spec.eos_token_id, spec.first_free_id)
+            self._tokenizers[e.name] = PromptTokenizer(bundle.path(spec.file), cfg, tuple(self._learned.embeddings))
+        for token, per_encoder in self._learned.embeddings.items():
+            for e in self._encoders:
+                vec = per_encoder.get(e.name)
+                if vec is None or vec.shape != (e.hidden_size,):
+                    raise UserError(f"learned token {token!r} has no {e.hidden_size}-d embedding for {e.name}; "
+                                    "the embeddings file was made for another model.")
+
+    @property
+    def tokenizers(self) -> dict[str, PromptTokenizer]:
+        return self._tokenizers
+
+    def encode(self, prompt: str, overrides: dict[str, np.ndarray] | None = None) -> Conditioning:
+        """Conditioning of one prompt. `overrides` {encoder_name: [P, hidden]} replaces the learned tokens'
+        embeddings (in learned-token order) for this call only: the ZO personalizer's queries."""
+        pooled = states = None
+        for e in self._encoders:
+            tok = self._tokenizers[e.name]
+            ids = tok.encode(prompt)
+            tokens = list(self._learned.embeddings)
+            p_ids = np.asarray([tok.placeholder_ids[t] for t in tokens], dtype=np.int64)
+            if overrides is not None and e.name in overrides:
+                p_emb = np.asarray(overrides[e.name], dtype=np.float32).reshape(len(tokens), e.hidden_size)
+            else:
+                p_emb = np.stack([self._learned.embeddings[t][e.name] for t in tokens]).astype(np.float32) \
+                    if tokens else np.zeros((0, e.hidden_size), np.float32)
+            feeds = {"input_ids": ids, e.placeholder_ids_input: p_ids, e.placeholder_embeds_input: p_emb}
+            names = [e.sequence_output] + ([e.pooled_output] if e.pooled_output else [])
+            outs = dict(zip(names, self._clock.run(self._sessions[e.name], names, feeds)))
+            if e.use == "pooled":
+                pooled = outs[e.pooled_output]
+            else:
+                states = outs[e.sequence_output]
+        return Conditioning(text_states=states, pooled=pooled)
+
+
+class OrtVae:
+    """VAE decode/encode through the bundle's graphs; latents are held normalised, as the sampler holds them."""
+
+    def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock, encoder: bool = False):
+        self._vae = bundle.manifest.vae
+        self._clock = clock
+        dec = [g for g in bundle.manifest.graphs if g.role == "vae_decoder"]
+        enc = [g for g in bundle.manifest.graphs if g.role == "vae_encoder"]
+        self._decoder = open_session(bundle, dec[0].name, config)
+        self._decoder_graph = dec[0]
+        self._encoder = open_session(bundle, enc[0].name, config) if encoder and enc else None
+        self._encoder_graph = enc[0] if enc else None
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Normalised latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]."""
+        if not self._vae.normalization_in_graph:
+            latents = latents / self._vae.scaling_factor + self._vae.shift_factor
+        name = self._decoder_graph.inputs[0].name
+        return np.concatenate([self._clock.run(self._decoder, None, {name: latents[i:i + 1].astype(np.float32)})[0]
+                               for i in range(latents.shape[0])])
+
+    def encode_mean(self, images: np.ndarray) -> np.ndarray:
+        """Images [B, 3, H, W] in [-1, 1] -> normalised posterior means [B, C, h, w]."""
+        if self._encoder is None:
+            raise UserError("this bundle has no VAE encoder graph; re-export it (ralu-export writes vae_encoder/).")
+        name = self._encoder_graph.inputs[0].name
+        means = [self._clock.run(self._encoder, ["latent_mean"], {name: images[i:i + 1].astype(np.float32)})[0]
+                 for i in range(images.shape[0])]
+        mean = np.concatenate(means)
+        return mean if self._vae.normalization_in_graph else (mean - self._vae.shift_factor) * self._vae.scaling_factor

@@ -1,0 +1,103 @@
+"""`ralu-run`: generate images from an exported bundle with ONNX Runtime (no torch): the baseline Euler
+sampler or RALU (`--mode ralu-4x` ...). Reads the bundle (verified against its manifest) and optional learned
+embeddings; writes one PNG per prompt (and mode) into --out with the generation parameters in a `parameters`
+text chunk; prints the written paths, or one JSON object with --json. Progress bars go to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ralu_edge.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ralu-run", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by ralu-export")
+    p.add_argument("--prompt", action="append", default=[], help="prompt (repeat for several)")
+    p.add_argument("--prompts", type=Path, default=None, help="text file with one prompt per line")
+    p.add_argument("--mode", default="baseline", help="baseline, or ralu-<N>x for a preset the bundle carries")
+    p.add_argument("--steps", type=int, default=28, help="steps of the baseline mode (RALU presets fix theirs)")
+    p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    p.add_argument("--edge-proxy", choices=("latent_grad", "canny"), default="latent_grad",
+                   help="RALU region scoring: latent Sobel (no extra decode) or half-res VAE decode + Canny")
+    p.add_argument("--embeddings", type=Path, default=None, help="learned_embeds.safetensors from ralu-personalize")
+    p.add_argument("--compare", action="store_true",
+                   help="also write a side-by-side grid of baseline and every RALU mode for the same seed")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with paths and stats")
+    p.add_argument("--no-progress", action="store_true", help="hide the per-step progress bar")
+    return p
+
+
+def _progress(total: int, disable: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", file=sys.stderr, disable=disable or not sys.stderr.isatty(), leave=False)
+    return bar, (lambda info: bar.update(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prompts = _read_prompts(args.prompt, args.prompts)
+        from ralu_runtime.images import parameters_text, save_png, side_by_side
+        from ralu_runtime.pipeline import Pipeline
+
+        pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
+        modes = pipe.modes if args.compare else [args.mode]
+        for mode in modes:
+            if mode not in pipe.modes:
+                raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
+        args.out.mkdir(parents=True, exist_ok=True)
+        results = []
+        for i, prompt in enumerate(prompts):
+            seed = args.seed + i
+            row = []
+            for mode in modes:
+                total = args.steps if mode == "baseline" else pipe.preset_for_mode(mode).nfe
+                bar, on_step = _progress(total, args.no_progress)
+                res = pipe(prompt, mode=mode, steps=args.steps, seed=seed, edge_proxy=args.edge_proxy,
+                           on_step=on_step)
+                bar.close()
+                fields = {"Mode": mode, "Steps": res.stats.nfe, "Seed": seed, "Size": "x".join(
+                    map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
+                    "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge"}
+                path = save_png(args.out / f"{i:03d}-{mode}-seed{seed}.png", res.image, parameters_text(prompt, fields))
+                row.append(res.image)
+                results.append({"path": str(path), "prompt": prompt, "seed": seed, **res.stats.to_dict()})
+            if args.compare:
+                grid = save_png(args.out / f"{i:03d}-compare-seed{seed}.png", side_by_side(row),
+                                parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed}))
+                results.append({"path": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps({"bundle": str(args.bundle), "images": results}))
+    else:
+        for r in results:
+            print(r["path"])
+    return 0
+
+
+def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    out = list(prompts)
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise UserError(f"{prompts_file}: no such prompts file; pass a text file with one prompt per line.")
+        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not out:
+        raise UserError("no prompt given; pass --prompt TEXT or --prompts FILE.")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""`Pipeline`: text -> image over a bundle, composed from parts (STYLE.md: no god-object): bundle -> ORT
+backends -> sigma schedule or RALU preset -> a ralu_edge sampler over the denoiser seam -> VAE decode.
+
+Modes: `baseline` (FLUX's shifted Euler schedule with `steps`), or `ralu-<N>x` for each preset the bundle
+carries (`flux-4x` -> `ralu-4x` for the FLUX family, `sd3-2x` -> `ralu-2x` for SD3)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ralu_edge import presets as ralu_presets
+from ralu_edge.errors import UserError
+from ralu_edge.rng import rng_for
+from ralu_edge.sampler import (
+    StageInfo, baseline_image_token_steps, image_token_steps, ralu_sample, sample_baseline,
+)
+from ralu_edge.schedules import flux_baseline_sigmas
+from ralu_edge.tokens import unpack_latents
+from ralu_runtime.backends import LearnedTokens, OrtDenoiser, OrtTextEncoders, OrtVae, RunClock
+from ralu_runtime.bundle import Bundle, open_bundle
+from ralu_runtime.embeddings import load_learned_embeds
+from ralu_runtime.images import latent_image_to_uint8
+from ralu_runtime.sessions import SessionConfig
+
+
+@dataclass
+class GenerationStats:
+    mode: str
+    nfe: int
+    image_token_steps: int
+    seconds_total: float = 0.0
+    seconds_text: float = 0.0
+    seconds_denoise: float = 0.0
+    seconds_decode: float = 0.0
+    seconds_in_sessions_denoise: float = 0.0
+    seconds_per_stage: list[float] = field(default_factory=list)
+    selected_regions: list[int] = field(default_factory=list)
+
+    @property
+    def host_share_denoise(self) -> float:
+        """Fraction of the denoising loop spent outside session.run (host bookkeeping)."""
+        return 1.0 - self.seconds_in_sessions_denoise / self.seconds_denoise if self.seconds_denoise else 0.0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["host_share_denoise"] = self.host_share_denoise
+        return d
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    image: np.ndarray  # [H, W, 3] uint8
+    stats: GenerationStats
+
+
+class Pipeline:
+    """Generation over one bundle. Build with `Pipeline.from_bundle(path)`, call with a prompt."""
+
+    def __init__(self, bundle: Bundle, config: SessionConfig, learned: LearnedTokens | None = None):
+        self.bundle = bundle
+        self.clock = RunClock()
+        self.text = OrtTextEncoders(bundle, config, self.clock, learned)
+        self.denoiser = OrtDenoiser(bundle, config, self.clock)
+        self.vae = OrtVae(bundle, config, self.clock)
+        res = bundle.manifest.resolutions[0]
+        self.grid = (res.grid_height, res.grid_width)
+        self.channels = bundle.manifest.denoiser.token_channels
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, *, threads: int = 0, embeddings: str | Path | None = None,
+                    verify: bool = True) -> "Pipeline":
+        bundle = open_bundle(path, verify=verify)
+        learned = load_learned_embeds(Path(embeddings), bundle.manifest) if embeddings else None
+        return cls(bundle, SessionConfig(threads=threads), learned)
+
+    @property
+    def modes(self) -> list[str]:
+        """`baseline` plus `ralu-<N>x` for every preset in the bundle."""
+        return ["baseline"] + [mode_for_preset(p.name) for p in self.bundle.manifest.presets]
+
+    def preset_for_mode(self, mode: str) -> ralu_presets.RaluPreset:
+        for entry in self.bundle.manifest.presets:
+            if mode_for_preset(entry.name) == mode:
+                return ralu_presets.RaluPreset.from_dict(entry.preset)
+        raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
+
+    def __call__(self, prompt: str, *, mode: str = "baseline", steps: int = 28, seed: int = 0,
+                 edge_proxy: str = "latent_grad", on_step=None) -> GenerationResult:
+        if mode not in self.modes:
+            raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
+        if mode == "baseline" and steps < 1:
+            raise UserError(f"--steps must be at least 1, got {steps}.")
+        started = time.perf_counter()
+        cond = self.text.encode(prompt)
+        t_text = time.perf_counter()
+        session_before = self.clock.session_seconds
+        gh, gw = self.grid
+        noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, self.channels)).astype(np.float32)
+        stats, tokens = self._denoise(noise, cond, mode, steps, seed, edge_proxy, on_step)
+        t_denoise = time.perf_counter()
+        stats.seconds_in_sessions_denoise = self.clock.session_seconds - session_before
+        image = latent_image_to_uint8(self.vae.decode(unpack_latents(tokens, gh, gw)))[0]
+        done = time.perf_counter()
+        stats.seconds_text, stats.seconds_denoise = t_text - started, t_denoise - t_text
+        stats.seconds_decode, stats.seconds_total = done - t_denoise, done - started
+        return GenerationResult(image, stats)
+
+    def _denoise(self, noise, cond, mode, steps, seed, edge_proxy, on_step):
+        gh, gw = self.grid
+        if mode == "baseline":
+            sigmas = flux_baseline_sigmas(steps, gh * gw)
+            t0 = time.perf_counter()
+            tokens = sample_baseline(self.denoiser, noise, gh, gw, sigmas, cond, on_step=on_step)
+            stats = GenerationStats(mode, steps, baseline_image_token_steps(steps, gh, gw),
+                                    seconds_per_stage=[time.perf_counter() - t0])
+            return stats, tokens
+        preset = self.preset_for_mode(mode)
+        stages: list[StageInfo] = []
+        decode = (lambda z: self.vae.decode(z)) if edge_proxy == "canny" else None
+        result = ralu_sample(self.denoiser, noise, gh, gw, preset, cond, rng=rng_for(seed, "ralu/select"),
+                             latent_channels=self.channels // 4, edge_proxy=edge_proxy, decode=decode,
+                             on_step=on_step, on_stage=stages.append)
+        stats = GenerationStats(mode, preset.nfe, image_token_steps(preset, gh, gw),
+                                seconds_per_stage=[s.seconds for s in stages],
+                                selected_regions=[int(i) for i in np.asarray(result.selected).ravel()])
+        return stats, result.tokens
+
+
+def mode_for_preset(preset_name: str) -> str:
+    """`flux-4x` -> `ralu-4x`; presets with a suffix keep it (`sd3-2x-paper` -> `ralu-2x-paper`)."""
+    return "ralu-" + preset_name.split("-", 1)[1]

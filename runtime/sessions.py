@@ -1,0 +1,42 @@
+"""ONNX Runtime sessions over bundle graphs: `.ort` files are preferred when the bundle has them (android),
+thread count is configurable, and the CPU EP is used (NPU EPs need the static per-stage packaging)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from ralu_edge.errors import UserError
+from ralu_runtime.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """threads: intra-op threads (0 = ORT's default, all cores)."""
+
+    threads: int = 0
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    if config.threads:
+        so.intra_op_num_threads = config.threads
+        so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> ort.InferenceSession:
+    """A session over the graph the manifest names (its file is already verified)."""
+    graph = bundle.manifest.graph(graph_name)
+    if graph.format not in ("onnx", "ort"):
+        raise UserError(f"graph {graph_name!r} is {graph.format}, which ONNX Runtime cannot run; use a desktop "
+                        "or android bundle (or the ExecuTorch backend for .pte).")
+    try:
+        return ort.InferenceSession(str(bundle.path(graph.file)), sess_options=session_options(config),
+                                    providers=list(config.providers))
+    except Exception as e:  # ORT raises its own exception types for unreadable graphs
+        raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
+                        "re-export the bundle.") from None
