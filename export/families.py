@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ralu_edge.errors import UserError
-from ralu_export import graph_modules as gm
+from ralu_export.models import load_flux_pipeline
 
 Dim = Union[int, str]
 ALL_TARGETS = ("desktop", "android", "executorch", "ios")
@@ -49,7 +49,8 @@ class GraphSpec:
     """One graph of a family.
 
     name: manifest graph name; folder/stem: `<folder>/<stem>.onnx` (optimum's layout uses stem "model");
-    source: the pipeline attribute the boundary module wraps; shares_weights: graphs with the same key
+    source: the pipeline attribute the boundary module wraps; module: the boundary module's class in
+    ralu_export.graph_modules (named, so that validating a request does not import torch); shares_weights: graphs with the same key
     write their weights once, into `<folder>/model.onnx_data`; parity_cases: the symbolic-dim values to
     compare at ("stages" expands to every preset stage length of every resolution)."""
 
@@ -58,7 +59,7 @@ class GraphSpec:
     folder: str
     stem: str
     source: str
-    module: Callable
+    module: str
     inputs: tuple[TensorTemplate, ...]
     outputs: tuple[TensorTemplate, ...]
     targets: tuple[str, ...] = ALL_TARGETS
@@ -157,10 +158,19 @@ class FamilySpec:
     encoders: tuple[EncoderRole, ...]
     dims: dict[str, DimSpec]
     geometry: Callable[[Path, int, int], Geometry]
+    default_presets: tuple[str, ...]
+    load: Callable[[str], object]
     tolerances: Tolerances = field(default_factory=Tolerances)
 
     def graph(self, name: str) -> GraphSpec:
         return next(g for g in self.graphs if g.name == name)
+
+
+def boundary_module(spec: GraphSpec, pipe):
+    """The torch module whose forward is the graph of `spec`, over the pipeline's own submodule."""
+    from ralu_export import graph_modules
+
+    return getattr(graph_modules, spec.module)(getattr(pipe, spec.source)).eval()
 
 
 def _config(folder: Path, component: str) -> dict:
@@ -214,6 +224,8 @@ FLUX = FamilySpec(
         "width": DimSpec(root="latent_width", times="vae_factor"),
     },
     geometry=flux_geometry,
+    default_presets=("flux-4x", "flux-5x", "flux-7x"),
+    load=load_flux_pipeline,
     encoders=(
         EncoderRole("text_encoder", "tokenizer", "clip", "pooled", "last_hidden_state", "pooler_output"),
         EncoderRole("text_encoder_2", "tokenizer_2", "t5", "sequence", "last_hidden_state", None),
@@ -221,7 +233,7 @@ FLUX = FamilySpec(
     graphs=(
         GraphSpec(
             name="denoiser", role="denoiser", folder="transformer", stem="denoiser", source="transformer",
-            module=gm.FluxDenoiser,
+            module="FluxDenoiser",
             inputs=_DENOISER_COMMON + (
                 TensorTemplate("rope_cos", "float32", ("num_rope_tokens", "head_dim")),
                 TensorTemplate("rope_sin", "float32", ("num_rope_tokens", "head_dim")),
@@ -231,7 +243,7 @@ FLUX = FamilySpec(
         ),
         GraphSpec(
             name="transformer", role="denoiser_ids", folder="transformer", stem="model", source="transformer",
-            module=gm.FluxDenoiserFromIds,
+            module="FluxDenoiserFromIds",
             inputs=_DENOISER_COMMON + (
                 TensorTemplate("txt_ids", "float32", ("text_length", "num_axes")),
                 TensorTemplate("img_ids", "float32", ("num_image_tokens", "num_axes")),
@@ -241,7 +253,7 @@ FLUX = FamilySpec(
         ),
         GraphSpec(
             name="text_encoder", role="text_encoder", folder="text_encoder", stem="model", source="text_encoder",
-            module=gm.ClipTextEncoder,
+            module="ClipTextEncoder",
             inputs=(TensorTemplate("input_ids", "int64", (1, "clip_length")), *_PLACEHOLDERS,
                     TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "clip_dim"), True)),
             outputs=(TensorTemplate("last_hidden_state", "float32", (1, "clip_length", "clip_dim")),
@@ -250,7 +262,7 @@ FLUX = FamilySpec(
         ),
         GraphSpec(
             name="text_encoder_2", role="text_encoder", folder="text_encoder_2", stem="model",
-            source="text_encoder_2", module=gm.T5TextEncoder,
+            source="text_encoder_2", module="T5TextEncoder",
             inputs=(TensorTemplate("input_ids", "int64", (1, "text_length")), *_PLACEHOLDERS,
                     TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "t5_dim"), True)),
             outputs=(TensorTemplate("last_hidden_state", "float32", (1, "text_length", "t5_dim")),),
@@ -258,7 +270,7 @@ FLUX = FamilySpec(
         ),
         GraphSpec(
             name="vae_decoder", role="vae_decoder", folder="vae_decoder", stem="model", source="vae",
-            module=gm.VaeDecoder,
+            module="VaeDecoder",
             inputs=(TensorTemplate("latent_sample", "float32", (1, "latent_channels", "latent_height",
                                                                    "latent_width")),),
             outputs=(TensorTemplate("sample", "float32", (1, 3, "height", "width")),),
@@ -266,7 +278,7 @@ FLUX = FamilySpec(
         ),
         GraphSpec(
             name="vae_encoder", role="vae_encoder", folder="vae_encoder", stem="model", source="vae",
-            module=gm.VaeEncoder,
+            module="VaeEncoder",
             inputs=(TensorTemplate("sample", "float32", (1, 3, "height", "width")),),
             outputs=(TensorTemplate("latent_parameters", "float32", (1, "latent_parameters", "latent_height",
                                                                       "latent_width")),

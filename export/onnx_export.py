@@ -1,18 +1,14 @@
 """ONNX export of one graph spec (torch.onnx.export, dynamo, opset 18), with the family's symbolic axes
-stamped on the graph's inputs and outputs, empty in-graph defaults for optional inputs, saving with
-weights shared on disk between graphs, and the export-time parity check against the torch module
-(optimum's convert.py validation and Apple's --check-output-correctness, but a miss fails the export).
-
-Imports torch, onnx and onnxruntime; the torch-free manifest types come from ralu_edge.manifest."""
+stamped on the graph's inputs and outputs and empty in-graph defaults for optional inputs, and the
+export-time parity check against the torch module (optimum's convert.py validation and Apple's
+--check-output-correctness, except that a miss fails the export). Saving and ORT sessions without torch
+live in onnx_files."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +18,11 @@ from onnx import numpy_helper
 
 from ralu_edge.manifest import Parity, TensorSpec
 from ralu_export.families import FamilySpec, GraphSpec, TensorTemplate
+from ralu_export.onnx_files import ParityError, compare_outputs
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the .onnx protobuf
-
-
-class ParityError(RuntimeError):
-    """An exported graph disagrees with its torch module beyond the family's tolerance (an exporter bug)."""
 
 
 def resolve_shape(template: TensorTemplate, sizes: dict[str, int], fixed: dict[str, int]) -> tuple:
@@ -131,82 +123,6 @@ def _add_optional_defaults(model: onnx.ModelProto, spec: GraphSpec, sizes: dict[
             model.graph.initializer.append(numpy_helper.from_array(default, template.name))
 
 
-def save_sharing_weights(models: list[tuple[onnx.ModelProto, Path]], data_path: Path) -> None:
-    """Save several graphs whose large initializers go into one external data file, each distinct tensor
-    (dtype, shape and bytes) written once: graphs exported from the same module share every weight on disk.
-    All graphs must sit in data_path's folder (ONNX external data paths are relative)."""
-    written: dict[str, tuple[int, int]] = {}
-    with open(data_path, "wb") as data:
-        for model, path in models:
-            if path.parent != data_path.parent:
-                raise ValueError(f"{path} and {data_path} must share a folder")
-            for tensor in model.graph.initializer:
-                array = numpy_helper.to_array(tensor) if tensor.data_location != onnx.TensorProto.EXTERNAL else None
-                if array is None or array.nbytes < EXTERNAL_MIN_BYTES:
-                    continue
-                raw = np.ascontiguousarray(array).tobytes()
-                key = hashlib.sha256(f"{tensor.data_type}{list(tensor.dims)}".encode() + raw).hexdigest()
-                if key not in written:
-                    data.seek(0, os.SEEK_END)
-                    pad = (-data.tell()) % 64  # aligned offsets let ORT memory-map the tensors
-                    data.write(b"\0" * pad)
-                    written[key] = (data.tell(), len(raw))
-                    data.write(raw)
-                offset, length = written[key]
-                _make_external(tensor, data_path.name, offset, length)
-            onnx.save_model(model, str(path))
-
-
-def _make_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-        tensor.ClearField(field)
-    del tensor.external_data[:]
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-
-
-def ort_session(path: Path, threads: int = 2):
-    """A CPU ORT session with fixed thread count and quiet logging (overridable-initializer warnings are
-    expected: the optional placeholder inputs are exactly that)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Largest errors over all cases and outputs; the worst output cosine."""
-
-    max_abs_error: float
-    max_rel_error: float
-    reference_max: float
-    cosine: float
-
-
-def compare_outputs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> Comparison:
-    """Errors of (graph output, reference output) pairs: max |a-b|, max |a-b| / max |b| per pair, and the
-    minimum cosine between the flattened pairs."""
-    max_abs = max_rel = ref_max = 0.0
-    cosine = 1.0
-    for got, ref in pairs:
-        got, ref = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
-        if got.shape != ref.shape:
-            raise ParityError(f"output shape {got.shape} differs from the reference {ref.shape}")
-        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        max_abs, ref_max = max(max_abs, err), max(ref_max, scale)
-        max_rel = max(max_rel, err / scale if scale > 0 else err)
-        norm = float(np.linalg.norm(got) * np.linalg.norm(ref))
-        cosine = min(cosine, float(got @ ref) / norm if norm > 0 else float(err == 0.0))
-    return Comparison(max_abs, max_rel, ref_max, cosine)
-
-
 def torch_outputs(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> list[np.ndarray]:
     """The module's outputs on `example` as float32/int numpy arrays (a tuple output becomes a list)."""
     with torch.no_grad():
@@ -236,14 +152,3 @@ def check_parity(name: str, run, module: torch.nn.Module, cases: list[tuple[str,
                           f"max rel {result.max_rel_error:.3g}, cosine {result.cosine:.6f} ({metric} tolerance "
                           f"{tolerance}); the export is not trustworthy, so no bundle was written.")
     return parity
-
-
-def ort_runner(path: Path, threads: int = 2):
-    """`run(feeds) -> outputs` over an ORT CPU session of the graph at `path` (.onnx or .ort)."""
-    session = ort_session(path, threads)
-    names = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return session.run(None, {k: v for k, v in feeds.items() if k in names})
-
-    return run

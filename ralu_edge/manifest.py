@@ -98,7 +98,9 @@ class GraphEntry:
 
     file: the graph file (for mlpackage, the package folder); data_files: external weights it reads
     (shared between graphs when several list the same file); static_dims: symbolic dims baked into this
-    graph, e.g. {"num_image_tokens": 64} for a static stage variant; method: the program method (pte)."""
+    graph, e.g. {"num_image_tokens": 64} for a static stage variant; method: the program method (pte);
+    session_config: ORT SessionOptions config entries the graph must run with (int8 weight-only graphs need
+    {"session.qdq_matmulnbits_accuracy_level": "1"} to keep float activations)."""
 
     name: str
     role: GraphRole
@@ -110,6 +112,7 @@ class GraphEntry:
     data_files: tuple[str, ...] = ()
     static_dims: dict[str, int] = field(default_factory=dict)
     method: Optional[str] = None
+    session_config: dict[str, str] = field(default_factory=dict)
     parity: Optional[Parity] = None
 
     def input(self, name: str) -> TensorSpec:
@@ -221,14 +224,18 @@ class StageGraph:
 class DenoiserSpec:
     """The denoiser stage graphs and how they are packaged for the target.
 
-    packaging "dynamic": one graph over a symbolic `token_dim` serves every stage length (one weight copy;
-    NPU sessions can pin it with SessionOptions.add_free_dimension_override_by_name); "static": one graph
-    per stage length. `packaging_note` records the measurement behind the choice. Inputs follow
-    spec/RALU.md §9.1: timestep is sigma in [0, 1] (the graph multiplies by 1000)."""
+    packaging "dynamic": one graph over a symbolic `token_dim` (and `rope_token_dim` = text_length +
+    token_dim for the RoPE tables) serves every stage length (one weight copy; NPU sessions can pin both with
+    SessionOptions.add_free_dimension_override_by_name); "static": one graph per stage length.
+    `packaging_note` records the measurement behind the choice. stage_lengths: every image-token count the
+    bundle's presets and resolutions need. Inputs follow spec/RALU.md §9.1: timestep is sigma in [0, 1]
+    (the graph multiplies by 1000)."""
 
     packaging: Packaging
     packaging_note: str
     token_dim: str
+    rope_token_dim: str
+    stage_lengths: tuple[int, ...]
     token_channels: int
     text_length: int
     text_dim: int

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run): the fast suite, then the torch-free layers again with torch,
-# diffusers, transformers and ralu_export made unimportable (DESIGN.md import rule). Extra arguments go to
+# diffusers, transformers and ralu_export made unimportable (DESIGN.md import rule), then the Kotlin core. Extra arguments go to
 # the first pytest run (e.g. `-m slow` or `-k name`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,3 +10,6 @@ PY=.venv/bin/python
 "$PY" -m pytest -q -m "not slow" "$@"
 torch_free=$(ls tests/test_ralu_*.py tests/test_zo_*.py tests/test_runtime_*.py 2>/dev/null || true)
 "$PY" -m pytest -q -m "not slow" -p tests.block_torch $torch_free
+# The Android demo's pure-Kotlin core on the JVM against the Python runtime's conformance vectors
+# (installs Debian's kotlin + junit4 with apt when missing).
+android_demo/scripts/test-core.sh

@@ -2,3 +2,40 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _export_inputs_digest(target: str, precision: str) -> str:
+    """Hash of what a bundle export depends on, so a cached bundle is rebuilt when any of it changes."""
+    h = hashlib.sha256(f"{target}/{precision}".encode())
+    for path in sorted((ROOT / "export").glob("*.py")) + sorted((ROOT / "ralu_edge").glob("*.py")):
+        h.update(path.read_bytes())
+    h.update((ROOT / "export" / "builtin" / "shapes" / "model_index.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def exported_bundle(request, target: str, precision: str = "fp32") -> Path:
+    """A bundle of the built-in model, exported once in a subprocess (so this process never imports torch,
+    which lets the runtime tests run under the torch blocker) and cached in pytest's cache folder."""
+    base = Path(request.config.cache.mkdir("ralu-bundles"))
+    out = base / f"shapes-{target}-{precision}-{_export_inputs_digest(target, precision)}"
+    if not (out / "ralu_config.json").is_file():
+        cmd = [sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", target,
+               "--precision", precision, "--out", str(out), "--force"]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            raise RuntimeError(f"export failed:\n{done.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def desktop_bundle(request) -> Path:
+    return exported_bundle(request, "desktop")

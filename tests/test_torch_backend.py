@@ -80,7 +80,8 @@ def test_backend_at_integer_positions_equals_the_transformer_called_directly(pip
         direct = pipe.transformer(
             hidden_states=torch.from_numpy(tokens), timestep=torch.tensor([0.6]),
             pooled_projections=torch.from_numpy(cond.pooled), encoder_hidden_states=torch.from_numpy(cond.text_states),
-            txt_ids=torch.zeros(TEXT_LENGTH, 3), img_ids=pipe._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32),
+            txt_ids=torch.zeros(TEXT_LENGTH, 3),
+            img_ids=pipe._prepare_latent_image_ids(1, 16, 16, "cpu", torch.float32),
             return_dict=False)[0].numpy()
     assert velocity.dtype == np.float32
     np.testing.assert_array_equal(velocity, direct)

@@ -1,0 +1,214 @@
+"""`ralu-export` as a library: validate an export request, build the bundle for one target in a temporary
+folder beside the output, check every graph against torch, write the manifest last, and rename the folder
+into place. A failed or interrupted export leaves nothing behind (the temporary folder is removed); an
+existing output is replaced only with force=True, and only after the new bundle is complete.
+
+Straight-line stages, one function each: plan_export (all user errors, before any model loads) ->
+export graphs (ONNX + parity; onnx_export, quantize) -> target packaging (ort_format, executorch_export,
+coreml_export) -> pipeline files and tokenizers (pipeline_files) -> manifest -> publish."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ralu_edge import presets as ralu_presets
+from ralu_edge.errors import UserError
+from ralu_edge.manifest import (
+    BUNDLE_FORMAT, FORMAT_VERSION, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo, PresetEntry,
+    PresetStages, Resolution, RopeSpec, StageGraph, TextEncoderSpec, VaeSpec, file_entries, write_manifest,
+)
+from ralu_export.families import FamilySpec, Geometry, family_for
+from ralu_export.models import resolve_model
+from ralu_export.targets import PRECISIONS, TargetSpec, target_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export request (the CLI's arguments). height/width default to the model's native size,
+    presets to the family's defaults."""
+
+    model: str
+    target: str
+    out: Path
+    precision: str = "fp32"
+    height: int | None = None
+    width: int | None = None
+    presets: tuple[str, ...] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: the model folder, family, target, geometry and presets."""
+
+    config: ExportConfig
+    source: Path
+    pipeline_class: str
+    family: FamilySpec
+    target: TargetSpec
+    geometry: Geometry
+    presets: tuple[ralu_presets.RaluPreset, ...]
+
+    @property
+    def resolution(self) -> Resolution:
+        g = self.geometry
+        return Resolution(g.height, g.width, g.latent_height, g.latent_width, g.grid_height, g.grid_width)
+
+    @property
+    def stage_lengths(self) -> tuple[int, ...]:
+        """Every image-token count a denoiser graph must serve, ascending (full resolution included)."""
+        g = self.geometry
+        lengths = {g.grid_height * g.grid_width}
+        for preset in self.presets:
+            lengths.update(preset.stage_lengths(g.grid_height, g.grid_width))
+        return tuple(sorted(lengths))
+
+
+def plan_export(config: ExportConfig) -> Plan:
+    """Validate everything a user can get wrong, before any model loads; UserError names the fix."""
+    target = target_spec(config.target)
+    if config.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    _check_out(Path(config.out), config.force)
+    source = resolve_model(config.model)
+    index = json.loads((source / "model_index.json").read_text())
+    family = family_for(index.get("_class_name"))
+    vae_config = json.loads((source / "vae" / "config.json").read_text())
+    native = int(vae_config.get("sample_size", 1024))
+    height = native if config.height is None else config.height
+    width = native if config.width is None else config.width
+    geometry = family.geometry(source, height, width)
+    step = geometry.vae_factor * geometry.patch * 2
+    for label, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < step or value % step:
+            raise UserError(f"{label} {value} is not a positive multiple of {step} (VAE factor "
+                            f"{geometry.vae_factor} x 2x2 packing x 2 for RALU's low-res grid); try {native}.")
+    names = config.presets if config.presets is not None else family.default_presets
+    if not names:
+        raise UserError("no RALU preset requested; pass e.g. --presets flux-4x.")
+    chosen = tuple(ralu_presets.get(name) for name in names)
+    return Plan(config, source, index["_class_name"], family, target, geometry, chosen)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
+    if out.exists() and not force:
+        raise UserError(f"--out {out} already exists; pass --force to replace it or choose another folder.")
+    if not out.parent.is_dir():
+        raise UserError(f"the parent folder of --out {out} does not exist; create {out.parent} first.")
+
+
+def build_bundle(config: ExportConfig) -> Path:
+    """Export the bundle described by `config`; returns its path. See the module docstring for guarantees."""
+    plan = plan_export(config)
+    out = Path(config.out)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    try:
+        graphs, extra = _build_graphs(plan, tmp)
+        from ralu_export.pipeline_files import copy_pipeline_files, copy_tokenizers
+
+        folders = {g.file.split("/")[0] for g in graphs} & _COMPONENT_FOLDERS
+        copy_pipeline_files(plan.source, tmp, folders)
+        tokenizers = copy_tokenizers(plan.source, tmp, plan.family, plan.geometry)
+        manifest = _manifest(plan, tmp, graphs, tokenizers, extra)
+        write_manifest(tmp, manifest)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+_COMPONENT_FOLDERS = {"transformer", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder"}
+
+
+def _build_graphs(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
+    """Export, check and package every graph of the target; returns manifest entries and notes."""
+    if plan.target.graph_format in ("onnx", "ort"):
+        from ralu_export import graph_build
+
+        return graph_build.onnx_graphs(plan, root)
+    if plan.target.graph_format == "pte":
+        from ralu_export import executorch_export
+
+        return executorch_export.build(plan, root)
+    from ralu_export import coreml_export
+
+    return coreml_export.build(plan, root)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an old bundle (force) is swapped out first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, notes: dict[str, str]) -> Manifest:
+    g, family, target = plan.geometry, plan.family, plan.target
+    by_role = {}
+    for graph in graphs:
+        by_role.setdefault(graph.role, []).append(graph)
+    denoisers = by_role.get("denoiser", [])
+    if target.packaging == "dynamic":
+        stages = (StageGraph(denoisers[0].name),)
+    else:
+        stages = tuple(StageGraph(d.name, d.static_dims["num_image_tokens"]) for d in denoisers)
+    full_res = next((gr.name for gr in by_role.get("denoiser_ids", [])), None)
+    encoders = tuple(
+        TextEncoderSpec(
+            name=e.graph, graph=e.graph, tokenizer=e.tokenizer, kind=e.kind, use=e.use,
+            hidden_size=g.pooled_dim if e.kind == "clip" else g.text_dim,
+            vocab_rows=g.clip_vocab if e.kind == "clip" else g.t5_vocab,
+            sequence_output=e.sequence_output, pooled_output=e.pooled_output,
+            placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
+            precision=next(gr.precision for gr in graphs if gr.name == e.graph),
+        ) for e in family.encoders
+    )
+    presets = tuple(
+        PresetEntry(p.name, p.to_dict(), (PresetStages(g.height, g.width, p.num_selected(g.grid_height, g.grid_width),
+                                                       p.stage_lengths(g.grid_height, g.grid_width)),))
+        for p in plan.presets
+    )
+    return Manifest(
+        format=BUNDLE_FORMAT, format_version=FORMAT_VERSION, exporter=_exporter_info(),
+        model=ModelInfo(family.name, plan.config.model, plan.pipeline_class),
+        target=plan.config.target, precision=plan.config.precision, resolutions=(plan.resolution,),
+        vae=VaeSpec(g.latent_channels, g.vae_factor, g.vae_scaling, g.vae_shift),
+        text_length=g.text_length, rope=RopeSpec(tuple(g.axes_dim), g.theta, g.head_dim),
+        denoiser=DenoiserSpec(
+            packaging=target.packaging, packaging_note=target.packaging_note, token_dim="num_image_tokens",
+            rope_token_dim="num_rope_tokens", stage_lengths=plan.stage_lengths,
+            token_channels=g.token_channels, text_length=g.text_length, text_dim=g.text_dim,
+            pooled_dim=g.pooled_dim, guidance=g.guidance, timestep="sigma", stage_graphs=stages,
+            full_res_graph=full_res,
+        ),
+        text_encoders=encoders, tokenizers=tokenizers, graphs=tuple(graphs), presets=presets,
+        files=file_entries(root), notes=notes,
+    )
+
+
+def _exporter_info() -> ExporterInfo:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import ralu_export
+
+    tools = {}
+    for name in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "executorch", "coremltools"):
+        try:
+            tools[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return ExporterInfo("ralu-export", ralu_export.__version__, tools)

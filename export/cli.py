@@ -1,0 +1,118 @@
+"""`ralu-export`: the command line over ralu_export.bundle.build_bundle. No logic lives here: arguments
+become an ExportConfig, the library builds the bundle, and this module prints the results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from ralu_edge.errors import UserError
+from ralu_export.targets import PRECISIONS, TARGETS
+
+DESCRIPTION = """\
+Export a diffusers FLUX pipeline (a local folder, or the built-in `shapes` model) into a bundle folder
+that ralu-edge's runtime runs: the RALU denoiser graph(s) with host-computed RoPE, text encoders that take
+learned-token embeddings, the VAE decoder and encoder, the tokenizers, and ralu_config.json (every file
+with sha256 and size, every graph's inputs and outputs, the RALU presets with their sigma lists and stage
+lengths). Every graph is compared with the torch model at export time; a graph beyond tolerance fails the
+export. The bundle is built in OUT.tmp-* beside OUT and renamed into place when complete, so a failed or
+interrupted export leaves nothing behind.
+
+targets:
+  desktop     .onnx + model.onnx_data in optimum's layout (ORTDiffusionPipeline opens it)
+  android     .ort files, required_operators.config, mobile usability reports; int8 text encoders
+  executorch  one .pte per component, the denoiser with one method per RALU stage length (XNNPACK)
+  ios         one .mlpackage per component, static per-stage denoisers (conversion only on Linux)
+
+The path of the written bundle goes to stdout (or one JSON object with --json); progress, the parity
+table and logs go to stderr."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ralu-export", description=DESCRIPTION,
+                                     formatter_class=_Formatter)
+    parser.add_argument("--model", required=True,
+                        help="`shapes` (built in) or the path of a local diffusers FluxPipeline folder")
+    parser.add_argument("--target", required=True, choices=TARGETS, help="which runtime the bundle is for")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="bundle folder to create; its parent must exist")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="denoiser precision; int8 = per-channel int8 weights (QDQ) on its linear layers, "
+                             "attention stays float. Text encoders are int8 on android/executorch/ios either way")
+    parser.add_argument("--height", type=int, default=None,
+                        help="image height in pixels; a multiple of 4 x the VAE factor (default: the model's "
+                             "native size, 128 for shapes)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (see --height)")
+    parser.add_argument("--presets", default=None,
+                        help="comma-separated RALU presets whose stage lengths the bundle must serve "
+                             "(default for FLUX: flux-4x,flux-5x,flux-7x)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out folder (only once the new bundle is complete)")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object instead of the path")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only (no per-component progress)")
+    return parser
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def parity_table(manifest) -> str:
+    """A fixed-width table of every graph's export-time check."""
+    lines = [f"{'graph':<16} {'file':<34} {'precision':<16} {'max abs':>10} {'max rel':>10} {'cosine':>10}  check"]
+    for graph in manifest.graphs:
+        p = graph.parity
+        if p is None:
+            lines.append(f"{graph.name:<16} {graph.file:<34} {graph.precision:<16} {'-':>10} {'-':>10} {'-':>10}  -")
+            continue
+        rule = f"{p.metric} {'<=' if p.metric == 'max_rel' else '>='} {p.tolerance:g}"
+        lines.append(f"{graph.name:<16} {graph.file:<34} {graph.precision:<16} {p.max_abs_error:>10.3g} "
+                     f"{p.max_rel_error:>10.3g} {p.cosine:>10.6f}  {'pass' if p.passed else 'FAIL'} ({rule})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ralu_export").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    from ralu_edge.manifest import read_manifest
+    from ralu_export.bundle import ExportConfig, build_bundle
+    from ralu_export.onnx_files import ParityError
+    from ralu_export.pipeline_files import TokenizerMismatch
+
+    presets = None if args.presets is None else tuple(p.strip() for p in args.presets.split(",") if p.strip())
+    config = ExportConfig(model=args.model, target=args.target, out=args.out, precision=args.precision,
+                          height=args.height, width=args.width, presets=presets, force=args.force)
+    started = time.perf_counter()
+    try:
+        out = build_bundle(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (ParityError, TokenizerMismatch) as e:  # the exporter's fault, not the user's: status 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; no bundle was written", file=sys.stderr)
+        return 130
+    manifest = read_manifest(out)
+    print(parity_table(manifest), file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "out": str(out), "target": manifest.target, "precision": manifest.precision,
+            "seconds": round(time.perf_counter() - started, 1), "size_bytes": sum(f.size for f in manifest.files),
+            "graphs": [{"name": g.name, "file": g.file, "precision": g.precision,
+                        "max_rel_error": g.parity.max_rel_error if g.parity else None,
+                        "cosine": g.parity.cosine if g.parity else None} for g in manifest.graphs],
+        }))
+    else:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
