@@ -118,7 +118,10 @@ def build_bundle(config: ExportConfig) -> Path:
         folders = {g.file.split("/")[0] for g in graphs} & _COMPONENT_FOLDERS
         copy_pipeline_files(plan.source, tmp, folders)
         tokenizers = copy_tokenizers(plan.source, tmp, plan.family, plan.geometry)
-        manifest = _manifest(plan, tmp, graphs, tokenizers, extra)
+        from ralu_export.token_tables import write_token_embeddings
+
+        tables = write_token_embeddings(plan.source, tmp, [e.graph for e in plan.family.encoders])
+        manifest = _manifest(plan, tmp, graphs, tokenizers, extra, tables)
         write_manifest(tmp, manifest)
         _publish(tmp, out)
     except BaseException:
@@ -156,7 +159,8 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, notes: dict[str, str]) -> Manifest:
+def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, notes: dict[str, str],
+              token_tables: dict[str, str] | None = None) -> Manifest:
     g, family, target = plan.geometry, plan.family, plan.target
     by_role = {}
     for graph in graphs:
@@ -175,6 +179,8 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
             sequence_output=e.sequence_output, pooled_output=e.pooled_output,
             placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
             precision=next(gr.precision for gr in graphs if gr.name == e.graph),
+            placeholder_slots=target.placeholder_slots,
+            token_embeddings=(token_tables or {}).get(e.graph),
         ) for e in family.encoders
     )
     presets = tuple(

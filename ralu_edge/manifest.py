@@ -9,17 +9,15 @@ no numpy, no onnxruntime, no torch. Every malformed entry raises `UserError` nam
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Optional, Union
 
 from ralu_edge.errors import UserError
+from ralu_edge.typed_json import from_json, to_json
 
 MANIFEST_NAME = "ralu_config.json"
 BUNDLE_FORMAT = "ralu-bundle"
@@ -196,7 +194,10 @@ class TextEncoderSpec:
     """A text encoder graph with injectable embeddings (spec/ZO_PERSONALIZATION.md §11.3 (B)): every position
     whose id equals placeholder_ids[j] takes placeholder_embeds[j] instead of the table row; ids at or above
     vocab_rows are valid only as placeholders. Placeholder ids must be distinct. `use` is what the denoiser
-    takes from it: the pooled vector (CLIP, FLUX) or the sequence (T5)."""
+    takes from it: the pooled vector (CLIP, FLUX) or the sequence (T5). placeholder_slots: None when the
+    placeholder inputs have a dynamic length (ONNX/ORT: optional, empty by default); otherwise the fixed
+    number of slots (ExecuTorch, Core ML), unused slots taking id -1, which matches no token.
+    token_embeddings: the encoder's input embedding table, for starting a learned token from a word."""
 
     name: str
     graph: str
@@ -210,6 +211,8 @@ class TextEncoderSpec:
     placeholder_ids_input: str
     placeholder_embeds_input: str
     precision: str
+    placeholder_slots: Optional[int] = None
+    token_embeddings: Optional[str] = None  # file with float32 `weight` [vocab_rows, hidden] (init-word rows)
 
 
 @dataclass(frozen=True)
@@ -376,12 +379,12 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        return _to_json(self)
+        return to_json(self)
 
     @classmethod
     def from_dict(cls, data: Any) -> "Manifest":
         """The manifest described by a parsed `ralu_config.json`; UserError on any missing or mistyped field."""
-        return _from_json(cls, data, "manifest")
+        return from_json(cls, data, "manifest", _fail)
 
 
 def _unique(what: str, names: list[str]) -> None:
@@ -390,73 +393,6 @@ def _unique(what: str, names: list[str]) -> None:
         if name in seen:
             raise _fail(what, f"lists {name!r} twice")
         seen.add(name)
-
-
-def _to_json(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _to_json(v) for k, v in value.items()}
-    return value
-
-
-def _from_json(tp: Any, data: Any, where: str) -> Any:
-    """Build a value of annotated type `tp` from parsed JSON, checking types; UserError names the field."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(data, dict):
-            raise _fail(where, f"should be an object, got {type(data).__name__}")
-        hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in data:
-                kwargs[f.name] = _from_json(hints[f.name], data[f.name], f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _fail(where, f"lacks the field {f.name!r}")
-        return tp(**kwargs)
-    if origin is Literal:
-        if data not in args:
-            raise _fail(where, f"is {data!r}; expected one of {list(args)}")
-        return data
-    if origin in (Union, types.UnionType):
-        if data is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _from_json(option, data, where)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is tuple:
-        if not isinstance(data, list):
-            raise _fail(where, f"should be a list, got {type(data).__name__}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
-        if len(data) != len(args):
-            raise _fail(where, f"should have {len(args)} entries, got {len(data)}")
-        return tuple(_from_json(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
-    if origin is dict:
-        if not isinstance(data, dict):
-            raise _fail(where, f"should be an object, got {type(data).__name__}")
-        return {k: _from_json(args[1], v, f"{where}.{k}") for k, v in data.items()}
-    if tp is Any:
-        return data
-    if tp is float:
-        if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise _fail(where, f"should be a number, got {data!r}")
-        return float(data)
-    if tp is int:
-        if isinstance(data, bool) or not isinstance(data, int):
-            raise _fail(where, f"should be an integer, got {data!r}")
-        return data
-    if tp in (str, bool):
-        if not isinstance(data, tp):
-            raise _fail(where, f"should be a {tp.__name__}, got {data!r}")
-        return data
-    raise TypeError(f"unsupported manifest field type {tp!r} at {where}")
 
 
 def file_sha256(path: Path) -> str:

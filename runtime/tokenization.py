@@ -44,7 +44,8 @@ class PromptTokenizer:
             return self.placeholder_ids[token]
         if not token or any(ch.isspace() for ch in token):
             raise UserError(f"learned token {token!r} must be one word without spaces, e.g. '<my-cat>'.")
-        if self._tokenizer.token_to_id(token) is not None:
+        known = self._tokenizer.encode(token, add_special_tokens=False).ids
+        if self._tokenizer.token_to_id(token) is not None or len(known) == 1:  # it would shadow a known word
             raise UserError(f"token {token!r} is already in the vocabulary; pick a new string such as '<{token}>'.")
         self._tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False)])
         new_id = self._tokenizer.token_to_id(token)

@@ -1,0 +1,81 @@
+"""Forward-only ZO personalization through a real bundle (runs under the torch blocker too): it learns, its
+checkpoints resume bit for bit, its output loads into the Pipeline, and bad input exits 2 with nothing
+written."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ralu_edge.errors import UserError
+from ralu_edge.zo.optimizer import ZOConfig
+from ralu_runtime.personalize import PersonalizeConfig, Personalizer
+from ralu_runtime.pipeline import Pipeline
+
+
+def _renders(n=3):
+    from PIL import Image  # noqa: F401  (Pillow is a runtime dependency)
+
+    rng = np.random.default_rng(0)
+    base = np.full((n, 128, 128, 3), 200, np.uint8)
+    yy, xx = np.mgrid[:128, :128]
+    for i in range(n):
+        mask = (np.abs(yy - 64) + np.abs(xx - 64 - i)) < 30  # a diamond-ish blob
+        base[i][mask] = rng.integers(0, 255, 3)
+    return base
+
+
+@pytest.fixture(scope="module")
+def personalizer(desktop_bundle):
+    return Personalizer.from_bundle(desktop_bundle, threads=2)
+
+
+def test_init_embedding_is_the_init_words_row(personalizer):
+    rows = personalizer.init_embeddings("circle")
+    assert set(rows) == {"text_encoder", "text_encoder_2"}
+    assert all(v.shape == (128,) and np.isfinite(v).all() for v in rows.values())
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(personalizer, tmp_path):
+    images = _renders()
+    config = PersonalizeConfig(steps=4, seed=7, checkpoint_every=2, zo=ZOConfig(tau=3))
+    full = personalizer.fit(images, "<blob>", "square", config, checkpoint=tmp_path / "a")
+    first = personalizer.fit(images, "<blob>", "square", PersonalizeConfig(
+        steps=2, seed=7, checkpoint_every=2, zo=ZOConfig(tau=3)), checkpoint=tmp_path / "b")
+    rest = personalizer.fit(images, "<blob>", "square", config, checkpoint=tmp_path / "b", resume=True)
+    assert rest.resumed_from == 2 and rest.steps_done == 4
+    for name in full.embeddings:
+        assert np.array_equal(full.embeddings[name], rest.embeddings[name])
+    assert full.losses == first.losses + rest.losses[2:] or len(rest.losses) == 4
+    assert not np.array_equal(full.embeddings["text_encoder"], personalizer.init_embeddings("square")["text_encoder"])
+
+
+def test_the_output_file_drives_generation_with_the_new_token(personalizer, desktop_bundle, tmp_path):
+    result = personalizer.fit(_renders(2), "<blob>", "square", PersonalizeConfig(steps=2, seed=1))
+    path = personalizer.save(result, tmp_path / "learned_embeds.safetensors", "square")
+    pipe = Pipeline.from_bundle(desktop_bundle, threads=2, embeddings=path)
+    image = pipe("a red <blob> in the centre", mode="ralu-7x", seed=0).image
+    assert image.shape == (128, 128, 3)
+
+
+@pytest.mark.parametrize("token, init_word, message", [
+    ("circle", "square", "already in the vocabulary"),
+    ("<new>", "zebra", "init word 'zebra' is"),
+])
+def test_bad_token_or_init_word_is_a_user_error(personalizer, token, init_word, message):
+    with pytest.raises(UserError, match=message):
+        personalizer.fit(_renders(1), token, init_word, PersonalizeConfig(steps=1))
+
+
+def test_cli_rejects_a_broken_image_and_writes_nothing(desktop_bundle, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a.png").write_text("not an image")
+    out = tmp_path / "learned.safetensors"
+    done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(desktop_bundle),
+                           "--images", str(images), "--token", "<x>", "--init-word", "square", "--steps", "1",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "a.png: not a readable image" in done.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == [images]
