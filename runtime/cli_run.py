@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", type=Path, default=None, help="learned_embeds.safetensors from ralu-personalize")
     p.add_argument("--compare", action="store_true",
                    help="also write a side-by-side grid of baseline and every RALU mode for the same seed")
+    p.add_argument("--height", type=int, default=None, help="image height; must be a resolution of the bundle")
+    p.add_argument("--width", type=int, default=None, help="image width; must be a resolution of the bundle")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     p.add_argument("--json", action="store_true", help="print one JSON object with paths and stats")
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         from ralu_runtime.pipeline import Pipeline
 
         pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
+        pipe.check_size(args.height, args.width)
         modes = pipe.modes if args.compare else [args.mode]
         for mode in modes:
             if mode not in pipe.modes:
@@ -69,11 +72,16 @@ def main(argv: list[str] | None = None) -> int:
                     "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge"}
                 path = save_png(args.out / f"{i:03d}-{mode}-seed{seed}.png", res.image, parameters_text(prompt, fields))
                 row.append(res.image)
-                results.append({"path": str(path), "prompt": prompt, "seed": seed, **res.stats.to_dict()})
+                st = res.stats
+                results.append({"out": str(path), "prompt": prompt, "seed": seed, "mode": mode, "nfe": st.nfe,
+                                "token_steps": st.image_token_steps, "seconds_total": st.seconds_total,
+                                "seconds_denoise": st.seconds_denoise,
+                                "seconds_host": st.seconds_denoise - st.seconds_in_sessions_denoise,
+                                **{k: v for k, v in st.to_dict().items() if k not in ("mode", "nfe")}})
             if args.compare:
                 grid = save_png(args.out / f"{i:03d}-compare-seed{seed}.png", side_by_side(row),
                                 parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed}))
-                results.append({"path": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
+                results.append({"out": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -81,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps({"bundle": str(args.bundle), "images": results}))
+        print(json.dumps({**results[0], "bundle": str(args.bundle), "images": results}))
     else:
         for r in results:
-            print(r["path"])
+            print(r["out"])
     return 0
 
 

@@ -82,6 +82,25 @@ class Pipeline:
         """`baseline` plus `ralu-<N>x` for every preset in the bundle."""
         return ["baseline"] + [mode_for_preset(p.name) for p in self.bundle.manifest.presets]
 
+    def check_size(self, height: int | None, width: int | None) -> None:
+        """UserError unless (height, width) is the bundle's resolution (None means the bundle's)."""
+        res = self.bundle.manifest.resolutions[0]
+        if (height or res.height, width or res.width) != (res.height, res.width):
+            raise UserError(f"this bundle generates {res.height}x{res.width} images, not {height or res.height}x"
+                            f"{width or res.width}; re-export with --height/--width for another size.")
+
+    def check_prompt(self, prompt: str) -> None:
+        """UserError for an empty prompt or an angle-bracket token that no loaded embedding defines."""
+        if not prompt.strip():
+            raise UserError("the prompt is empty; describe the image, e.g. 'a large red circle on the left'.")
+        import re
+
+        known = set(self.text.tokenizers[next(iter(self.text.tokenizers))].placeholder_ids)
+        for token in re.findall(r"<[^<>\s]+>", prompt):
+            if token not in known:
+                raise UserError(f"prompt uses {token!r}, which no loaded embedding defines; pass the "
+                                "learned_embeds.safetensors that ralu-personalize wrote for it with --embeddings.")
+
     def preset_for_mode(self, mode: str) -> ralu_presets.RaluPreset:
         for entry in self.bundle.manifest.presets:
             if mode_for_preset(entry.name) == mode:
@@ -92,6 +111,7 @@ class Pipeline:
                  edge_proxy: str = "latent_grad", on_step=None) -> GenerationResult:
         if mode not in self.modes:
             raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
+        self.check_prompt(prompt)
         if mode == "baseline" and steps < 1:
             raise UserError(f"--steps must be at least 1, got {steps}.")
         started = time.perf_counter()

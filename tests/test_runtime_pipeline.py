@@ -104,8 +104,9 @@ def test_ralu_run_writes_pngs_with_parameters_and_json_stats(desktop_bundle, tmp
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     (image,) = report["images"]
+    assert report["mode"] == "ralu-7x" and report["token_steps"] == 1654 and report["out"] == image["out"]
     assert image["nfe"] == 10 and image["mode"] == "ralu-7x"
-    params = Image.open(image["path"]).text["parameters"]
+    params = Image.open(image["out"]).text["parameters"]
     assert params.startswith("a large green square in the centre\n") and "Mode: ralu-7x" in params
     assert "Seed: 5" in params and "Bundle: " in params
 
@@ -114,12 +115,31 @@ def test_ralu_run_writes_pngs_with_parameters_and_json_stats(desktop_bundle, tmp
     (["--bundle", "/no/such/bundle", "--prompt", "x"], "no such bundle folder"),
     (["--prompt", "x", "--mode", "ralu-3x"], "mode 'ralu-3x' is not in this bundle"),
     (["--prompt", "x", "--embeddings", "/no/such.safetensors"], "no such embeddings file"),
+    (["--prompt", "  "], "the prompt is empty"),
+    (["--prompt", "a red <my-cat>"], "prompt uses '<my-cat>', which no loaded embedding defines"),
+    (["--prompt", "x", "--height", "256"], "this bundle generates 128x128 images, not 256x128"),
+    (["--prompt", "x", "--embeddings", "BROKEN"], "not a readable safetensors file"),
 ])
 def test_ralu_run_user_errors_exit_2_and_write_nothing(desktop_bundle, tmp_path, args, message):
     if "--bundle" not in args:
         args = ["--bundle", str(desktop_bundle)] + args
+    if "BROKEN" in args:
+        broken = tmp_path / "broken.safetensors"
+        broken.write_bytes(b"\x00" * 64)
+        args = [str(broken) if a == "BROKEN" else a for a in args]
     out = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", *args, "--out", str(tmp_path / "o")],
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert message in out.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_the_same_seed_gives_byte_identical_pngs_across_runs(desktop_bundle, tmp_path):
+    outs = []
+    for run in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", "--bundle", str(desktop_bundle),
+                               "--prompt", "a small red star at the bottom", "--mode", "ralu-4x", "--seed", "9",
+                               "--threads", "2", "--out", str(tmp_path / run)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outs.append((tmp_path / run / "000-ralu-4x-seed9.png").read_bytes())
+    assert outs[0] == outs[1]
