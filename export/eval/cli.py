@@ -17,7 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ralu-eval", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="shapes", help="built-in model name or local diffusers pipeline folder")
-    p.add_argument("--steps", type=int, default=28, help="denoising steps of FluxPipeline")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="evaluate an exported bundle through the ONNX Runtime runtime instead of --model")
+    p.add_argument("--mode", default="baseline", help="with --bundle: baseline or ralu-<N>x")
+    p.add_argument("--steps", type=int, default=28, help="denoising steps (FluxPipeline, or the baseline mode)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
     p.add_argument("--limit", type=int, default=0, help="score only the first N held-out prompts (0 = all 72)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -50,6 +53,34 @@ def evaluate(model: str, steps: int, seed: int, limit: int = 0, grid: Path | Non
     return report
 
 
+def evaluate_bundle(bundle: Path, mode: str, steps: int, seed: int, limit: int = 0, threads: int = 0,
+                    grid: Path | None = None) -> dict:
+    """The same scoring as `evaluate`, generating through ralu_runtime.Pipeline (baseline or a RALU mode)."""
+    import numpy as np
+
+    from ralu_export.eval.scoring import attribute_report, classify, load_classifier
+    from ralu_export.shapes_world import caption_for, heldout_scenes
+    from ralu_runtime.pipeline import Pipeline
+
+    clf = load_classifier()
+    pipe = Pipeline.from_bundle(bundle, threads=threads)
+    if mode not in pipe.modes:
+        raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
+    scenes = heldout_scenes()
+    scenes = scenes[:limit] if limit > 0 else scenes
+    started = time.perf_counter()
+    results = [pipe(caption_for(s), mode=mode, steps=steps, seed=seed + i) for i, s in enumerate(scenes)]
+    seconds = time.perf_counter() - started
+    images = np.stack([r.image for r in results])
+    report = {"bundle": str(bundle), "sampler": f"ralu-runtime {mode}", "mode": mode,
+              "steps": results[0].stats.nfe, "seed": seed, **attribute_report(classify(clf, images), scenes),
+              "seconds_per_image": seconds / len(scenes),
+              "seconds_denoise_per_image": float(np.mean([r.stats.seconds_denoise for r in results]))}
+    if grid is not None:
+        _write_grid(grid, images)
+    return report
+
+
 def _write_grid(path: Path, images) -> None:
     import os
 
@@ -69,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        report = evaluate(args.model, args.steps, args.seed, args.limit, args.grid)
+        if args.bundle is not None:
+            report = evaluate_bundle(args.bundle, args.mode, args.steps, args.seed, args.limit, args.threads, args.grid)
+        else:
+            report = evaluate(args.model, args.steps, args.seed, args.limit, args.grid)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
