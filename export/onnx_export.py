@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -68,7 +67,7 @@ def _dynamic_shapes(spec: GraphSpec, family: FamilySpec, sizes: dict[str, int], 
         axes = {axis: dims[dim] for axis, dim in enumerate(template.shape)
                 if isinstance(dim, str) and dim in family.dims and dim not in fixed}
         out[template.name] = axes or None
-    return {name: out[name] for name in example}
+    return {name: out.get(name) for name in example}  # inputs without a template (guidance) are static
 
 
 @contextlib.contextmanager
