@@ -10,7 +10,7 @@ import torch
 
 from ralu_edge.rope import rope_tables
 from ralu_edge.tokens import grid_positions
-from ralu_export.families import Geometry, GraphSpec
+from ralu_export.families import Geometry, GraphSpec, present
 
 Case = tuple[str, dict[str, int]]
 
@@ -59,7 +59,7 @@ def example_inputs(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rn
         return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
 
     values: dict[str, object] = {}
-    for template in spec.inputs:
+    for template in present(spec.inputs, geometry):
         name = template.name
         if name in ("rope_cos", "rope_sin"):
             cos, sin = rope_tables(np.concatenate([text_ids, image_ids]), geometry.axes_dim, geometry.theta)
@@ -83,8 +83,6 @@ def example_inputs(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rn
         else:
             shape = [d if isinstance(d, int) else sizes.get(d, dims.get(d, num_tokens)) for d in template.shape]
             values[name] = normal(*shape)
-    if geometry.guidance and any(t.name == "timestep" for t in spec.inputs):
-        values["guidance"] = torch.tensor([3.5], dtype=torch.float32)
     return values
 
 

@@ -24,12 +24,19 @@ ALL_TARGETS = ("desktop", "android", "executorch", "ios")
 @dataclass(frozen=True)
 class TensorTemplate:
     """A graph input or output: name, dtype, shape template; `optional` inputs get an empty in-graph
-    default (an overridable initializer) so that optimum, which never feeds them, still runs the graph."""
+    default (an overridable initializer) so that optimum, which never feeds them, still runs the graph;
+    `requires` names a Geometry flag without which the model has no such input (FLUX guidance)."""
 
     name: str
     dtype: str
     shape: tuple[Dim, ...]
     optional: bool = False
+    requires: Optional[str] = None
+
+
+def present(templates: tuple[TensorTemplate, ...], geometry: "Geometry") -> tuple[TensorTemplate, ...]:
+    """The templates this model has (those whose `requires` flag is set on its geometry)."""
+    return tuple(t for t in templates if t.requires is None or getattr(geometry, t.requires))
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,12 @@ class GraphSpec:
 
     name: manifest graph name; folder/stem: `<folder>/<stem>.onnx` (optimum's layout uses stem "model");
     source: the pipeline attribute the boundary module wraps; module: the boundary module's class in
-    ralu_export.graph_modules (named, so that validating a request does not import torch); shares_weights: graphs with the same key
-    write their weights once, into `<folder>/model.onnx_data`; parity_cases: the symbolic-dim values to
-    compare at ("stages" expands to every preset stage length of every resolution)."""
+    ralu_export.graph_modules (named, so that validating a request does not import torch);
+    shares_weights: graphs with the same key write their weights once, into `<folder>/model.onnx_data`;
+    parity_cases: the symbolic-dim values to compare at ("stages" expands to every preset stage length of
+    every resolution); pt2e_int8: whether ExecuTorch's pt2e int8 flow can take the graph (T5: pt2e
+    preparation turns its integer relative-position buckets into floats, and a constant bias breaks
+    XNNPACK's broadcast)."""
 
     name: str
     role: str
@@ -66,6 +76,7 @@ class GraphSpec:
     quantizable: bool = False
     shares_weights: Optional[str] = None
     parity_cases: str = "single"
+    pt2e_int8: bool = True
 
     @property
     def path(self) -> str:
@@ -207,6 +218,7 @@ _DENOISER_COMMON = (
     TensorTemplate("pooled_projections", "float32", (1, "pooled_dim")),
     TensorTemplate("timestep", "float32", (1,)),
 )
+_GUIDANCE = TensorTemplate("guidance", "float32", (1,), requires="guidance")  # last: the modules' last argument
 _PLACEHOLDERS = (
     TensorTemplate("placeholder_ids", "int64", ("num_placeholders",), optional=True),
 )
@@ -236,7 +248,7 @@ FLUX = FamilySpec(
             module="FluxDenoiser",
             inputs=_DENOISER_COMMON + (
                 TensorTemplate("rope_cos", "float32", ("num_rope_tokens", "head_dim")),
-                TensorTemplate("rope_sin", "float32", ("num_rope_tokens", "head_dim")),
+                TensorTemplate("rope_sin", "float32", ("num_rope_tokens", "head_dim")), _GUIDANCE,
             ),
             outputs=(TensorTemplate("velocity", "float32", (1, "num_image_tokens", "token_channels")),),
             quantizable=True, shares_weights="transformer", parity_cases="stages",
@@ -246,7 +258,7 @@ FLUX = FamilySpec(
             module="FluxDenoiserFromIds",
             inputs=_DENOISER_COMMON + (
                 TensorTemplate("txt_ids", "float32", ("text_length", "num_axes")),
-                TensorTemplate("img_ids", "float32", ("num_image_tokens", "num_axes")),
+                TensorTemplate("img_ids", "float32", ("num_image_tokens", "num_axes")), _GUIDANCE,
             ),
             outputs=(TensorTemplate("out_hidden_states", "float32", (1, "num_image_tokens", "token_channels")),),
             targets=("desktop",), quantizable=True, shares_weights="transformer", parity_cases="full",
@@ -266,7 +278,7 @@ FLUX = FamilySpec(
             inputs=(TensorTemplate("input_ids", "int64", (1, "text_length")), *_PLACEHOLDERS,
                     TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "t5_dim"), True)),
             outputs=(TensorTemplate("last_hidden_state", "float32", (1, "text_length", "t5_dim")),),
-            quantizable=True, parity_cases="placeholders",
+            quantizable=True, parity_cases="placeholders", pt2e_int8=False,
         ),
         GraphSpec(
             name="vae_decoder", role="vae_decoder", folder="vae_decoder", stem="model", source="vae",

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ralu_edge.manifest import GraphEntry
 from ralu_edge.rng import rng_for
 from ralu_export import examples, onnx_export, onnx_files
-from ralu_export.families import GraphSpec, boundary_module
+from ralu_export.families import GraphSpec, boundary_module, present
 from ralu_export.quantize import SESSION_CONFIG, quantize
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,8 @@ def _entry(plan, root: Path, graph: ExportedGraph, token_ids: dict[str, np.ndarr
     return GraphEntry(
         name=spec.name, role=spec.role, file=graph.path.relative_to(root).as_posix(),
         format="ort" if graph.path.suffix == ".ort" else "onnx", precision=graph.precision,
-        inputs=onnx_export.tensor_specs(spec.inputs, sizes), outputs=onnx_export.tensor_specs(spec.outputs, sizes),
+        inputs=onnx_export.tensor_specs(present(spec.inputs, plan.geometry), sizes),
+        outputs=onnx_export.tensor_specs(spec.outputs, sizes),
         data_files=tuple(d.relative_to(root).as_posix() for d in graph.data_files),
         session_config=graph.session_config, parity=parity,
     )

@@ -6,7 +6,6 @@ same ids as the pipeline's own transformers tokenizer on the check prompts."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -92,7 +91,3 @@ def tokenizer_ids(root: Path, spec: TokenizerSpec, prompt: str):
 
     ids = runtime_tokenizer(root / spec.file, spec.max_length, spec.pad_token_id).encode(prompt).ids
     return np.array([ids], dtype=np.int64)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())

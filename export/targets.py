@@ -14,15 +14,18 @@ PRECISIONS = ("fp32", "int8")
 # benchmarks/results/export_choices.json, shapes model, ORT 1.32 CPU EP, 2 threads (this machine kind).
 DYNAMIC_NOTE = (
     "one session over a dynamic num_image_tokens axis serves all RALU stage lengths: on ORT's CPU EP it "
-    "measured leaner than one static session per stage (the EP prepacks weights per session; "
-    "benchmarks/bench_export_choices.py 'packaging' rows) at equal or better latency. NPU EPs (NNAPI, QNN, "
-    "Core ML EP) need static shapes: create one session per stage length with "
-    "SessionOptions.add_free_dimension_override_by_name(token_dim, L) and (rope_token_dim, L + text_length); "
-    "the stage lengths are in denoiser.stage_lengths."
+    "measured half the memory of one static session per stage (shapes, flux-4x lengths 64/121/256: RSS "
+    "+68 MB vs +139 MB fp32, +53 MB vs +95 MB int8; the EP prepacks the weights once per session, so the gap "
+    "grows with the model) at latency within run-to-run noise (benchmarks/bench_export_choices.py, "
+    "'packaging' table). NPU EPs (NNAPI, QNN, Core ML EP) need static shapes: create one session per stage "
+    "length with SessionOptions.add_free_dimension_override_by_name(token_dim, L) and (rope_token_dim, "
+    "L + text_length); the lengths are in denoiser.stage_lengths."
 )
 STATIC_NOTE = (
-    "one static graph (method) per RALU stage length: ExecuTorch's XNNPACK delegate and Core ML plan memory "
-    "per static shape, and Core ML's Neural Engine needs fixed shapes."
+    "one static graph (method or function) per RALU stage length: ExecuTorch's XNNPACK delegate and Core ML "
+    "plan memory per static shape, and Core ML's Neural Engine needs fixed shapes. The weights are stored "
+    "once: XNNPACK shares them between the methods of one .pte (23.4 MB for 3 methods vs 23.0 MB for 1 on "
+    "shapes); Core ML multifunction packages share them between functions."
 )
 
 
@@ -32,7 +35,8 @@ class TargetSpec:
 
     graph_format: what the runtime loads; packaging: denoiser stage graphs ("dynamic" | "static");
     text_encoder_precision: default for the text encoders (issue 4: int8 on device targets);
-    int8_methods: quantization method per graph role when that role is int8."""
+    int8_methods: quantization method per graph role when that role is int8; placeholder_slots: fixed
+    number of learned-token slots of the text encoders, None for a dynamic (optional) input."""
 
     name: str
     graph_format: str
@@ -40,19 +44,24 @@ class TargetSpec:
     packaging_note: str
     text_encoder_precision: str
     int8_methods: dict[str, str]
+    placeholder_slots: int | None = None
 
 
-# weight_qdq everywhere (bench 'int8 text encoders' and 'int8 denoiser' tables): the best output cosine of
-# the three methods, the smallest files, float activations, so zeroth-order personalization through the
-# int8 graphs still sees the loss move (zo fd cos ~0.999 vs ~0 for dynamic / static QDQ, which quantize
-# activations), and with MatMulNBits at accuracy level 1 no slower than fp32.
+# weight_qdq for int8 ORT graphs (bench 'int8 text encoders' / 'int8 denoiser' tables, shapes): the best output
+# cosine of the three methods (denoiser 0.99999 vs 0.9999 dynamic, 0.9997 static QDQ), the best image PSNR
+# vs fp32 (18-step baseline: 44 dB vs 37 / 15 dB), the smallest files (7.3 MB vs 12.1 MB dynamic, 24.2 fp32),
+# and float activations, so zeroth-order personalization through the int8 graphs still sees the loss move
+# (zo fd cos 0.999 vs ~0 for dynamic and static QDQ, which quantize activations). Its price: 1.3-1.6x the
+# fp32 latency on this AVX2 CPU (weights dequantized per run); dynamic int8 is 1.6x faster than fp32 but W8A8.
 _INT8 = {"denoiser": "weight_qdq", "denoiser_ids": "weight_qdq", "text_encoder": "weight_qdq"}
 
 TARGET_SPECS: dict[str, TargetSpec] = {
     "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE, "fp32", _INT8),
     "android": TargetSpec("android", "ort", "dynamic", DYNAMIC_NOTE, "int8", _INT8),
-    "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, "int8", _INT8),
-    "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, "int8", _INT8),
+    "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, "int8",
+                             dict.fromkeys(("denoiser", "text_encoder"), "xnnpack_dynamic"), placeholder_slots=4),
+    "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, "int8",
+                      dict.fromkeys(("denoiser", "text_encoder"), "coreml_weight_int8"), placeholder_slots=4),
 }
 
 

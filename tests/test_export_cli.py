@@ -68,3 +68,17 @@ def test_help_runs_as_a_module_and_names_every_target():
     assert done.returncode == 0
     for target in ("desktop", "android", "executorch", "ios"):
         assert target in done.stdout
+
+
+# Every registered export family needs a tiny model that the bundle tests export (STYLE.md "Tests").
+FAMILY_TEST_MODELS = {"FluxPipeline": "shapes"}
+
+
+def test_every_registered_family_has_a_tiny_test_model(tmp_path):
+    from ralu_export.bundle import ExportConfig, plan_export
+    from ralu_export.families import FAMILIES
+
+    assert set(FAMILIES) == set(FAMILY_TEST_MODELS)
+    for pipeline_class, model in FAMILY_TEST_MODELS.items():
+        plan = plan_export(ExportConfig(model=model, target="desktop", out=tmp_path / "bundle"))
+        assert plan.pipeline_class == pipeline_class

@@ -130,8 +130,9 @@ def test_lookups_name_what_the_bundle_has(tmp_path):
         manifest.preset("flux-7x")
 
 
-def test_manifest_module_imports_only_the_standard_library_and_ralu_edge():
-    tree = ast.parse((ROOT / "ralu_edge" / "manifest.py").read_text())
+@pytest.mark.parametrize("module", ["manifest", "typed_json"])
+def test_manifest_modules_import_only_the_standard_library_and_ralu_edge(module):
+    tree = ast.parse((ROOT / "ralu_edge" / f"{module}.py").read_text())
     allowed = {"ralu_edge", "__future__"} | set(sys.stdlib_module_names)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):

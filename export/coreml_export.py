@@ -1,0 +1,135 @@
+"""The ios target: one Core ML `.mlpackage` per component, static shapes, converted with coremltools from
+`torch.export(...).run_decompositions({})` (ENVIRONMENT.md). Several shapes of one component become the
+functions of one multifunction package (iOS 18), which stores the weights once:
+- transformer/denoiser.mlpackage: functions `denoise_<L>` per RALU stage length L;
+- text_encoder*/model.mlpackage: function `main`, PLACEHOLDER_SLOTS fixed placeholder slots;
+- vae_decoder/model.mlpackage: `decode` and `decode_half`; vae_encoder/model.mlpackage: `encode`.
+int8 is weight-only per-channel linear quantization (coremltools.optimize), float activations.
+
+Core ML prediction needs macOS, so on Linux the check is structural: every function's inputs and
+outputs (names, shapes, dtypes) are read back from the saved package with coremltools and compared with
+the family's declaration; the manifest records parity as not run."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ralu_edge.manifest import GraphEntry, TensorSpec
+from ralu_edge.rng import rng_for
+from ralu_export import onnx_export
+from ralu_export.executorch_export import PLACEHOLDER_SLOTS, _example, _methods
+from ralu_export.families import GraphSpec, boundary_module, present
+from ralu_export.graph_build import example_token_ids, int8_method
+from ralu_export.onnx_files import ParityError
+
+log = logging.getLogger(__name__)
+_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32"}  # Core ML ArrayDataType values
+
+
+def _without_aliases(program):
+    """The program with aten.alias nodes (a slice of a buffer, e.g. CLIP's position ids) bypassed:
+    coremltools 9 has no converter for them, and an alias is its input for a graph without mutation."""
+    graph = program.graph_module.graph
+    aliases = (torch.ops.aten.alias.default, torch.ops.aten.alias_copy.default)
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in aliases:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
+    return program
+
+
+def _convert(module: torch.nn.Module, example: dict[str, torch.Tensor], output_names: list[str], int8: bool):
+    import coremltools as ct
+
+    program = _without_aliases(torch.export.export(module, (), kwargs=example).run_decompositions({}))
+    model = ct.convert(program, outputs=[ct.TensorType(name=n) for n in output_names],
+                       minimum_deployment_target=ct.target.iOS18, compute_precision=ct.precision.FLOAT32)
+    if int8:
+        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+
+        config = OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
+                                                                          granularity="per_channel"))
+        model = linear_quantize_weights(model, config=config)
+    return model
+
+
+def _package(plan, spec: GraphSpec, module, token_ids, root: Path, int8: bool) -> Path:
+    """Convert every function of a component and save them as one multifunction package."""
+    import coremltools as ct
+
+    started = time.perf_counter()
+    path = root / spec.folder / f"{spec.stem}.mlpackage"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ralu-coreml-") as tmp:
+        descriptor = ct.utils.MultiFunctionDescriptor()
+        methods = _methods(plan, spec)
+        for _, function, dims in methods:
+            example = _example(plan, spec, dims, rng_for(0, f"coreml-trace-{function}"), token_ids)
+            single = Path(tmp) / f"{function}.mlpackage"
+            _convert(module, example, [t.name for t in spec.outputs], int8).save(str(single))
+            descriptor.add_function(str(single), src_function_name="main", target_function_name=function)
+        descriptor.default_function_name = methods[0][1]
+        ct.utils.save_multifunction(descriptor, str(path))
+    log.info("converted %s (%d functions) in %.1f s", spec.name, len(methods), time.perf_counter() - started)
+    return path
+
+
+def _described(path: Path, function: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The inputs and outputs of one function as saved, read back with coremltools."""
+    import coremltools as ct
+
+    spec = ct.utils.load_spec(str(path))
+    description = next(f for f in spec.description.functions if f.name == function)
+
+    def specs(features) -> list[TensorSpec]:
+        return [TensorSpec(f.name, _DTYPES.get(f.type.multiArrayType.dataType, "float32"),
+                           tuple(int(d) for d in f.type.multiArrayType.shape)) for f in features]
+
+    return specs(description.input), specs(description.output)
+
+
+def _checked_entry(plan, spec: GraphSpec, path: Path, root: Path, method_info, int8: bool) -> GraphEntry:
+    """Compare a saved function's I/O with the family's declaration (names and shapes; int64 ids become
+    int32 in Core ML) and describe it."""
+    name, function, dims = method_info
+    sizes = plan.geometry.sizes()
+    declared_in = [replace(s, optional=False)
+                   for s in onnx_export.tensor_specs(present(spec.inputs, plan.geometry), sizes, dims)]
+    declared_out = list(onnx_export.tensor_specs(spec.outputs, sizes, dims))
+    inputs, outputs = _described(path, function)
+    for declared, found in ((declared_in, inputs), (declared_out, outputs)):
+        if [(s.name, s.shape) for s in declared] != [(s.name, s.shape) for s in found]:
+            raise ParityError(f"{path.name}:{function} has I/O {[(s.name, s.shape) for s in found]} but the family "
+                              f"declares {[(s.name, s.shape) for s in declared]}; no bundle was written.")
+    return GraphEntry(
+        name=name, role=spec.role, file=path.relative_to(root).as_posix(), format="mlpackage",
+        precision="int8-coreml_weight_int8" if int8 else "fp32", inputs=tuple(inputs), outputs=tuple(outputs),
+        static_dims={k: v for k, v in dims.items() if k in ("num_image_tokens", "latent_height", "latent_width")},
+        method=function, parity=None,
+    )
+
+
+def build(plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
+    """Every package of the ios target under `root`; manifest entries and notes."""
+    pipe = plan.family.load(plan.config.model)
+    token_ids = example_token_ids(pipe, plan)
+    entries = []
+    for spec in plan.family.graphs:
+        if "ios" not in spec.targets:
+            continue
+        int8 = int8_method(plan, spec) is not None
+        module = boundary_module(spec, pipe)
+        path = _package(plan, spec, module, token_ids, root, int8)
+        entries += [_checked_entry(plan, spec, path, root, m, int8) for m in _methods(plan, spec)]
+    notes = {"ios.parity": "not run: Core ML prediction needs macOS; every function's inputs and outputs were "
+                           "read back with coremltools and match the declared names and shapes",
+             "ios.placeholders": f"{PLACEHOLDER_SLOTS} fixed slots; unused slots take id -1",
+             "ios.packages": "multifunction .mlpackage (iOS 18+): one function per shape, weights stored once"}
+    return entries, notes
