@@ -34,8 +34,14 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> ort.
     if graph.format not in ("onnx", "ort"):
         raise UserError(f"graph {graph_name!r} is {graph.format}, which ONNX Runtime cannot run; use a desktop "
                         "or android bundle (or the ExecuTorch backend for .pte).")
+    so = session_options(config)
+    # The exporter records per-graph settings; weight-only int8 graphs need
+    # session.qdq_matmulnbits_accuracy_level = 1, or ORT 1.32 quietly runs them with int8 activations
+    # (which also stops zeroth-order personalization from seeing its perturbations).
+    for key, value in (getattr(graph, "session_config", None) or {}).items():
+        so.add_session_config_entry(key, str(value))
     try:
-        return ort.InferenceSession(str(bundle.path(graph.file)), sess_options=session_options(config),
+        return ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
                                     providers=list(config.providers))
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
