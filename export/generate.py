@@ -5,11 +5,12 @@ generation parameters in a `parameters` text chunk (the A1111 convention); print
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from ralu_edge.errors import UserError
+from ralu_runtime.cli_run import read_prompts
+from ralu_runtime.images import save_png
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,29 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="image height and width in pixels")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     return p
-
-
-def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
-    """The prompts from --prompt and --prompts, validated (a missing file or no prompt is a UserError)."""
-    out = list(prompts)
-    if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise UserError(f"{prompts_file}: no such prompts file; pass a text file with one prompt per line.")
-        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
-    if not out:
-        raise UserError("no prompt given; pass --prompt TEXT or --prompts FILE.")
-    return out
-
-
-def save_png(path: Path, image, parameters: str) -> None:
-    """Write a PNG atomically with a `parameters` text chunk."""
-    from PIL import Image, PngImagePlugin
-
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

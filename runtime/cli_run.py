@@ -46,7 +46,7 @@ def _progress(total: int, disable: bool):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        prompts = _read_prompts(args.prompt, args.prompts)
+        prompts = read_prompts(args.prompt, args.prompts)
         from ralu_runtime.images import parameters_text, save_png, side_by_side
         from ralu_runtime.pipeline import Pipeline
 
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """The prompts from --prompt and --prompts, validated (a missing file or no prompt is a UserError)."""
     out = list(prompts)
     if prompts_file is not None:
         if not prompts_file.is_file():
