@@ -100,3 +100,35 @@ def _save(pipe, out: Path) -> Path:
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def build_large_flux(out: Path, layers: int = 4, single_layers: int = 9, heads: int = 12, head_dim: int = 128,
+                     seed: int = 0, max_shard_size: str = "1GB") -> Path:
+    """A FluxPipeline folder whose random-weight transformer is large enough to test weights beyond the 2 GB
+    protobuf / .ort limit (issue 8 "Large weights"): FLUX.1's head size (128) and RoPE axes (16, 56, 56) at
+    heads x 128 inner width; the defaults give 671 M parameters, 2.69 GB (2.50 GiB) in fp32. The text encoders and VAE
+    are the tiny ones above, so the transformer is ~all of the weights. Saved as safetensors shards of at
+    most `max_shard_size`, like the real checkpoints. Building holds the transformer once (~1x its size)."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    rope_axes = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16)  # FLUX.1: (16, 56, 56) at 128
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_tok, t5_tok = _tokenizers(Path(tmp))
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
+            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
+            pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope_axes)
+        pipe = FluxPipeline(scheduler=sm.build_scheduler(), vae=_vae(16, 4), text_encoder=CLIPTextModel(
+            _clip_config(clip_tok, 32)), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, 32), tokenizer_2=t5_tok,
+            transformer=transformer)
+        tmp_out = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp_out, ignore_errors=True)
+        pipe.save_pretrained(str(tmp_out), safe_serialization=True, max_shard_size=max_shard_size)
+    del pipe, transformer
+    if out.exists():
+        shutil.rmtree(out)
+    tmp_out.rename(out)
+    return out
