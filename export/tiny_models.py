@@ -106,9 +106,10 @@ def build_large_flux(out: Path, layers: int = 4, single_layers: int = 9, heads: 
                      seed: int = 0, max_shard_size: str = "1GB") -> Path:
     """A FluxPipeline folder whose random-weight transformer is large enough to test weights beyond the 2 GB
     protobuf / .ort limit (issue 8 "Large weights"): FLUX.1's head size (128) and RoPE axes (16, 56, 56) at
-    heads x 128 inner width; the defaults give 671 M parameters, 2.69 GB (2.50 GiB) in fp32. The text encoders and VAE
-    are the tiny ones above, so the transformer is ~all of the weights. Saved as safetensors shards of at
-    most `max_shard_size`, like the real checkpoints. Building holds the transformer once (~1x its size)."""
+    heads x 128 inner width; the defaults give 671 M parameters, 2.69 GB (2.50 GiB) in fp32. The text
+    encoders and VAE are the tiny ones above, so the transformer is ~all of the weights. Saved as
+    safetensors shards of at most `max_shard_size`, like the real checkpoints. Building holds the
+    transformer once (~1x its size)."""
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
