@@ -31,3 +31,37 @@ def test_assemble_refuses_a_folder_without_a_report(tmp_path):
                           "--out", str(tmp_path / "p"), "--classifier-out", str(tmp_path / "c")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no training_report.json" in out.stderr
+
+
+def test_training_continues_from_the_shipped_pipeline_folder(tmp_path):
+    """The next GPU session continues from export/builtin/shapes itself (no packed shards needed): a step
+    from there keeps the shipped VAE and classifier bit for bit and moves the transformer."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ralu_export import builtin_model_path
+
+    shipped = builtin_model_path("shapes")
+    done = subprocess.run([sys.executable, "-m", "ralu_export.training.cli", "all", "--work", str(tmp_path / "w"),
+                           "--weights-out", str(tmp_path / "weights"), "--threads", "2", "--num-images", "16",
+                           "--dit-batch", "2", "--dit-steps", "1", "--dit-warmup", "1", "--workers", "1",
+                           "--init-weights", str(shipped)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    vae = load_file(str(tmp_path / "weights" / "vae.safetensors"))
+    ref = load_file(str(shipped / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert vae.keys() == ref.keys() and all(torch.equal(vae[k], ref[k]) for k in ref)
+    clf = load_file(str(tmp_path / "weights" / "classifier.safetensors"))
+    ref_clf = load_file(str(shipped.parent / "classifier.safetensors"))
+    assert all(torch.equal(clf[k], ref_clf[k]) for k in ref_clf)
+    report = json.loads((tmp_path / "weights" / "training_report.json").read_text())
+    assert report["init_weights"]["from"] == str(shipped) and report["dit"]["steps"] == 1
+
+
+def test_init_weights_refuses_an_incomplete_pipeline_folder(tmp_path):
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "pipe" / "training_report.json").write_text('{"latent_scaling_factor": 1, "latent_shift_factor": 0}')
+    done = subprocess.run([sys.executable, "-m", "ralu_export.training.cli", "all", "--work", str(tmp_path / "w"),
+                           "--weights-out", str(tmp_path / "weights"), "--num-images", "4", "--workers", "1",
+                           "--init-weights", str(tmp_path / "pipe")], capture_output=True, text=True)
+    assert done.returncode == 2 and "has no transformer/diffusion_pytorch_model.safetensors" in done.stderr

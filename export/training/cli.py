@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--weights-out", type=Path, required=True, help="folder for the packed weights + report")
     a.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     a.add_argument("--init-weights", type=Path, default=None,
-                   help="continue from packed weights of an earlier run (keeps its VAE and classifier)")
+                   help="continue from packed weights of an earlier run, or from an assembled pipeline folder such as export/builtin/shapes (keeps its VAE and classifier)")
     a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     for f in dataclasses.fields(TrainConfig):
         if f.type in ("int", "float"):

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ralu_edge.errors import UserError
 from ralu_export import shapes_model as sm
 from ralu_export.eval.classifier import AttributeClassifier
 from ralu_export.training.data import render_training_set, tokenize_captions
@@ -121,8 +122,41 @@ def pack_weights(out: Path, components: dict, clf: AttributeClassifier, report: 
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+PIPELINE_WEIGHTS = {"transformer": "transformer/diffusion_pytorch_model.safetensors",
+                    "vae": "vae/diffusion_pytorch_model.safetensors",
+                    "text_encoder": "text_encoder/model.safetensors",
+                    "text_encoder_2": "text_encoder_2/model.safetensors"}
+
+
+def _load_pipeline_folder(folder: Path, comps: dict, clf: AttributeClassifier | None) -> dict:
+    """An assembled FluxPipeline folder (e.g. the shipped export/builtin/shapes) as `init_weights`, so that
+    a later session continues training from what ships without the packed shards of the run that made it.
+    The classifier comes from `classifier.safetensors` beside the folder (where `assemble` writes it)."""
+    report = json.loads((folder / "training_report.json").read_text())
+    for name, rel in PIPELINE_WEIGHTS.items():
+        path = folder / rel
+        if not path.is_file():
+            raise UserError(f"{folder} has no {rel}; pass packed weights or a complete shapes pipeline folder.")
+        result = comps[name].load_state_dict(load_file(str(path)), strict=False)
+        tied = {"encoder.embed_tokens.weight", "shared.weight"}  # T5 ties these; save_pretrained stores one
+        if result.unexpected_keys or set(result.missing_keys) - tied or len(result.missing_keys) > 1:
+            raise UserError(f"{path} does not match the shapes {name} (missing {result.missing_keys[:3]}, "
+                            f"unexpected {result.unexpected_keys[:3]}).")
+    comps["vae"].register_to_config(scaling_factor=report["latent_scaling_factor"],
+                                    shift_factor=report["latent_shift_factor"])
+    if clf is not None:
+        clf_path = folder.parent / "classifier.safetensors"
+        if not clf_path.is_file():
+            raise UserError(f"no classifier weights at {clf_path} beside the pipeline folder {folder}.")
+        clf.load_state_dict(load_file(str(clf_path)))
+    return report
+
+
 def load_packed_weights(weights: Path, comps: dict, clf: AttributeClassifier | None) -> dict:
-    """Load what `pack_weights` wrote into freshly built components (and classifier); returns its report."""
+    """Load what `pack_weights` wrote (or an assembled pipeline folder: `_load_pipeline_folder`) into freshly
+    built components (and classifier); returns the training report."""
+    if (weights / "model_index.json").is_file():
+        return _load_pipeline_folder(weights, comps, clf)
     report = json.loads((weights / "training_report.json").read_text())
     transformer_state: dict = {}
     for shard in sorted(weights.glob("transformer-*.safetensors")):
