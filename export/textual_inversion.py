@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ralu_edge.errors import UserError
 from ralu_edge.tokens import grid_positions, pack_latents
 from ralu_edge.zo.timesteps import PutsConfig, draw_step, flow_matching_pair, posterior_latents
+from ralu_runtime.tokenization import learned_added_token, word_like_learned_tokens
 
 TEXT_LENGTH = 32  # the built-in model's T5 length (ralu_export.shapes_model.TEXT_LENGTH)
 DEFAULT_GUIDANCE = 3.5  # used only by guidance-distilled transformers (FLUX.1-dev); spec §11.1
@@ -72,7 +73,12 @@ def add_placeholder_token(pipe, token: str, init_word: str) -> PlaceholderToken:
     new_ids = {}
     for key, (tok_attr, enc_attr) in ENCODERS.items():
         tokenizer, encoder = getattr(pipe, tok_attr), getattr(pipe, enc_attr)
-        tokenizer.add_tokens(token)
+        # The runtime's flags and pre-tokenizer, so both sides give the same ids and the token tokenizes like a
+        # word ("a red <hex> in" as long as "a red square in"; a plain add_tokens(token) leaves T5 a stray '▁').
+        # (FluxPipeline loads CLIP as the slow CLIPTokenizer, which has no Metaspace and honours lstrip itself.)
+        if getattr(tokenizer, "is_fast", False):
+            word_like_learned_tokens(tokenizer.backend_tokenizer)
+        tokenizer.add_tokens([learned_added_token(token)])
         new_ids[key] = int(tokenizer.convert_tokens_to_ids(token))
         _grow_embedding_table(encoder, new_ids[key], init_ids[key])
     return PlaceholderToken(token, init_word, new_ids, init_ids)
@@ -95,12 +101,13 @@ def _grow_embedding_table(encoder, new_id: int, init_id: int) -> None:
     encoder.config.vocab_size = rows
 
 
-def _injected_rows(table: torch.nn.Module, token_id: int, row: torch.Tensor):
-    """Forward hook on an embedding module: positions holding `token_id` get `row` (which carries the gradient)."""
+def _injected_rows(table: torch.nn.Module, token_id: int, row: torch.Tensor, scale: float = 1.0):
+    """Forward hook on an embedding module: positions holding `token_id` get `row`·scale (row carries the
+    gradient)."""
 
     def hook(module, args, output):
         mask = (args[0] == token_id).unsqueeze(-1)
-        return torch.where(mask, row.to(output.dtype), output)
+        return torch.where(mask, (row * scale if scale != 1.0 else row).to(output.dtype), output)
 
     return table.register_forward_hook(hook)
 
@@ -169,7 +176,7 @@ class TiHistory:
 def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, steps: int, seed: int,
                     lr: float = 5e-3, batch_size: int = 1, sigma_range: tuple[float, float] | PutsConfig | None = None,
                     *, captions: Sequence[str] | None = None, posterior: PosteriorMode = "sample",
-                    guidance: float = DEFAULT_GUIDANCE,
+                    guidance: float = DEFAULT_GUIDANCE, theta_units: str = "absolute",
                     on_step: Callable[[TiStep], None] | None = None) -> tuple[dict[str, np.ndarray], TiHistory]:
     """Textual Inversion by backpropagation: ({"clip_l": [1, d_clip], "t5": [1, d_t5]} float32, history).
 
@@ -180,7 +187,11 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
     (low, high) pair, or a PutsConfig; ralu_edge.zo.timesteps.NO_PUTS trains on the whole range.
     captions: one template per image with '{}' for the token (default DEFAULT_CAPTION for all).
     posterior: "sample" draws x₀ from the VAE posterior every step (spec §10.1, the reference); "mean" uses the
-    posterior mean, which models trained on means need (the built-in `shapes` model; see posterior_latents)."""
+    posterior mean, which models trained on means need (the built-in `shapes` model; see posterior_latents).
+    theta_units: "absolute" trains the rows themselves; "table_rms" trains each row divided by the RMS of its
+    encoder's token table, i.e. a per-encoder lr, as ralu_runtime.personalize.PersonalizeConfig.theta_units."""
+    if theta_units not in ("absolute", "table_rms"):
+        raise UserError(f"unknown theta_units {theta_units!r}; choose absolute or table_rms")
     if posterior not in POSTERIOR_MODES:
         raise UserError(f"unknown posterior mode {posterior!r}; choose one of {', '.join(POSTERIOR_MODES)}")
     captions = [DEFAULT_CAPTION] * len(images_u8) if captions is None else list(captions)
@@ -194,10 +205,14 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
         module.requires_grad_(False)
     means, logvars = encode_image_moments(pipe, images_u8)
     ids = _caption_ids(pipe, captions, placeholder)
+    scales = {}
+    for key, (_, enc) in ENCODERS.items():  # the trained parameter is row / scale (the row itself when absolute)
+        table = getattr(pipe, enc).get_input_embeddings().weight.detach().double()
+        scales[key] = float(table[:placeholder.ids[key]].pow(2).mean().sqrt()) if theta_units == "table_rms" else 1.0
     rows = {key: torch.nn.Parameter(getattr(pipe, enc).get_input_embeddings().weight[placeholder.ids[key]]
-                                    .detach().clone().float()) for key, (_, enc) in ENCODERS.items()}
-    hooks = [_injected_rows(getattr(pipe, enc).get_input_embeddings(), placeholder.ids[key], rows[key])
-             for key, (_, enc) in ENCODERS.items()]
+                                    .detach().clone().float() / scales[key]) for key, (_, enc) in ENCODERS.items()}
+    hooks = [_injected_rows(getattr(pipe, enc).get_input_embeddings(), placeholder.ids[key], rows[key],
+                            scales[key]) for key, (_, enc) in ENCODERS.items()]
     optimizer = torch.optim.Adam(list(rows.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     losses, start = [], time.monotonic()
     try:
@@ -214,7 +229,7 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
     finally:
         for hook in hooks:
             hook.remove()
-    embeds = {key: row.detach().cpu().numpy().astype(np.float32)[None] for key, row in rows.items()}
+    embeds = {key: (row.detach() * scales[key]).cpu().numpy().astype(np.float32)[None] for key, row in rows.items()}
     with torch.no_grad():
         for key, (_, enc) in ENCODERS.items():
             table = getattr(pipe, enc).get_input_embeddings().weight

@@ -59,6 +59,9 @@ DEFAULT_PROMPTS = (
     "",
     "   leading and trailing spaces   ",
     "a <shape-token> next to a purple diamond",
+    "a large red <shape-token> in the centre",
+    "a large red circle in the centre",
+    "<shape-token>, <shape-token>s and a-<shape-token>-like circle",
     "a very long prompt " + "with many repeated words " * 8,
     "A <SHAPE-TOKEN>  beside\ta\nsquare",
     "special </s> and <|endoftext|> strings, <pad> too",
@@ -398,8 +401,11 @@ def tokenizer_entries(folder: Path, tokenizer_files: dict[str, tuple[Path, str, 
     the file is copied to `folder/tokenizers/<name>/tokenizer.json` and each prompt encoded twice: plain
     (`ids`, no padding or truncation) and as the pipelines feed the encoders (`padded`: truncated and padded
     to max_length with the pad token). `added_tokens` are added first as ralu_runtime.tokenization adds learned
-    tokens: non-special and not normalized (matched case-sensitively on the raw prompt)."""
-    from tokenizers import AddedToken, Tokenizer
+    tokens (`add_learned_tokens`: non-special, not normalized, lstrip, and a Metaspace that prepends '▁' only at
+    the start of the prompt)."""
+    from tokenizers import Tokenizer
+
+    from ralu_runtime.tokenization import add_learned_tokens
 
     out = []
     for name, (path, kind, max_length) in tokenizer_files.items():
@@ -410,7 +416,7 @@ def tokenizer_entries(folder: Path, tokenizer_files: dict[str, tuple[Path, str, 
         plain = Tokenizer.from_file(str(path))
         first_free = tokenizer.get_vocab_size(with_added_tokens=True)
         for tok in (tokenizer, plain):
-            tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
+            add_learned_tokens(tok, added_tokens)
         pad_token = "<|endoftext|>" if kind == "clip" else "<pad>"
         pad_id = tokenizer.token_to_id(pad_token)
         tokenizer.enable_truncation(max_length)
@@ -742,13 +748,15 @@ def _check_canny(vectors: Vectors) -> list[str]:
 
 def _check_tokenizers(vectors: Vectors) -> list[str]:
     try:
-        from tokenizers import AddedToken, Tokenizer
+        from tokenizers import Tokenizer
+
+        from ralu_runtime.tokenization import add_learned_tokens
     except ImportError:
         return []
     problems = []
     for entry in vectors.index["tokenizers"]:
         tokenizer = Tokenizer.from_file(str(vectors.folder / entry["file"]))
-        tokenizer.add_tokens([AddedToken(t["content"], special=False, normalized=False) for t in entry["added_tokens"]])
+        add_learned_tokens(tokenizer, [t["content"] for t in entry["added_tokens"]])
         for case in entry["cases"]:
             if tokenizer.encode(case["prompt"]).ids != case["ids"]:
                 problems.append(f"tokenizer {entry['name']}: ids of {case['prompt']!r} differ")

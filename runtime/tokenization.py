@@ -3,17 +3,69 @@
 Ids are produced exactly as diffusers' FluxPipeline produces them (CLIP: <|startoftext|> ... <|endoftext|>
 padded with the pad id to max_length; T5: ... </s> padded with <pad>), truncating so the end-of-text token
 survives. Learned tokens (Textual Inversion) are added as whole-string tokens that map to the placeholder
-ids the text-encoder graphs replace with injected embeddings (spec/ZO_PERSONALIZATION.md §11.3)."""
+ids the text-encoder graphs replace with injected embeddings (spec/ZO_PERSONALIZATION.md §11.3), and they are
+added so that they tokenize like one word of the vocabulary (`add_learned_tokens`): "a red <hex> in" has the
+same number of ids as "a red square in", with the learned id where '▁square' / 'square</w>' was."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer
 
 from ralu_edge.errors import UserError
+
+
+def learned_added_token(token: str) -> AddedToken:
+    """The `tokenizers` AddedToken of a learned (Textual Inversion) token.
+
+    lstrip=True: the token absorbs the whitespace before it, as a word-initial piece does. Without it T5's
+    Metaspace pre-tokenizer turns the space before the token into a lone '▁' piece ("a red <hex>" becomes
+    '▁a', '▁red', '▁', '<hex>'), one token more than "a red square" and a different prompt from the one the
+    init word's embedding was trained in. CLIP's pre-tokenizer drops whitespace, so lstrip changes nothing there.
+    normalized=False: matched case-sensitively on the raw prompt, never split by the normalizer."""
+    return AddedToken(token, single_word=False, lstrip=True, rstrip=False, normalized=False, special=False)
+
+
+def _first_prepend_scheme(node: dict) -> bool:
+    """Switch every Metaspace in a pre-tokenizer's JSON from prepending '▁' to every section ("always") to only
+    the text's first section ("first"); returns whether anything changed."""
+    changed = False
+    if node.get("type") == "Metaspace":
+        scheme = node.get("prepend_scheme") or ("always" if node.get("add_prefix_space", True) else "never")
+        if scheme == "always":
+            node["prepend_scheme"], node["add_prefix_space"], changed = "first", True, True
+    for child in node.get("pretokenizers") or ():
+        changed |= _first_prepend_scheme(child)
+    return changed
+
+
+def word_like_learned_tokens(tokenizer: Tokenizer) -> None:
+    """Make the text after an added token continue the word sequence as it would after a vocabulary word.
+
+    A SentencePiece-style Metaspace with prepend_scheme "always" prepends '▁' to every section between added
+    tokens, so "<hex>, in" gives '<hex>', '▁', ',' where "square, in" gives '▁square', ','. "first" prepends
+    only at the start of the prompt, which is how SentencePiece itself (and transformers' non-legacy T5/Llama
+    tokenizers) treats text after an added token. Prompts without added tokens are one section and tokenize
+    exactly as before. Changes `tokenizer` in place; a no-op for tokenizers without a Metaspace (CLIP)."""
+    state = json.loads(tokenizer.to_str())
+    if state.get("pre_tokenizer") and _first_prepend_scheme(state["pre_tokenizer"]):
+        tokenizer.pre_tokenizer = Tokenizer.from_str(json.dumps(state)).pre_tokenizer
+
+
+def add_learned_tokens(tokenizer: Tokenizer, tokens: Iterable[str]) -> list[int]:
+    """Add learned tokens to a `tokenizers` Tokenizer the way every side of the project does (this runtime,
+    ralu_export's first-order TI through `transformers`, the Kotlin port and its conformance vectors): the
+    AddedToken flags of `learned_added_token` and the pre-tokenizer of `word_like_learned_tokens`. Returns
+    their ids."""
+    tokens = list(tokens)
+    word_like_learned_tokens(tokenizer)
+    tokenizer.add_tokens([learned_added_token(t) for t in tokens])
+    return [tokenizer.token_to_id(t) for t in tokens]
 
 
 @dataclass(frozen=True)
@@ -47,8 +99,7 @@ class PromptTokenizer:
         known = self._tokenizer.encode(token, add_special_tokens=False).ids
         if self._tokenizer.token_to_id(token) is not None or len(known) == 1:  # it would shadow a known word
             raise UserError(f"token {token!r} is already in the vocabulary; pick a new string such as '<{token}>'.")
-        self._tokenizer.add_tokens([AddedToken(token, single_word=False, normalized=False, special=False)])
-        new_id = self._tokenizer.token_to_id(token)
+        new_id = add_learned_tokens(self._tokenizer, [token])[0]
         expected = self.config.first_free_id + len(self.placeholder_ids)
         if new_id != expected:
             raise UserError(f"tokenizer gave learned token {token!r} id {new_id}, expected {expected}; the "

@@ -153,3 +153,25 @@ def test_bad_token_init_word_or_images_are_user_errors_and_change_nothing(base_p
     with pytest.raises(UserError, match="one caption per image"):
         ti.fit_first_order(pipe, images, TOKEN, INIT_WORD, steps=1, seed=0, captions=["a red circle", "a {}"])
     assert (len(pipe.tokenizer), len(pipe.tokenizer_2)) == sizes
+
+
+def test_first_order_side_tokenizes_learned_tokens_exactly_as_the_runtime(base_pipe):
+    """transformers' tokenizers after add_placeholder_token give the torch-free runtime's ids (same prompt
+    length as with the init word: the T5 token must not leave a stray '▁' piece)."""
+    from ralu_export.models import resolve_model
+    from ralu_runtime.tokenization import PromptTokenizer, TokenizerConfig
+
+    pipe = copy.deepcopy(base_pipe)
+    placeholder = ti.add_placeholder_token(pipe, TOKEN, INIT_WORD)
+    folder = resolve_model("shapes")
+    for key, (tok_attr, _) in ti.ENCODERS.items():
+        hf = getattr(pipe, tok_attr)
+        spec = (1, 1) if key == "clip_l" else (0, 1)  # pad, eos of the built-in model's tokenizers
+        runtime = PromptTokenizer(folder / tok_attr / "tokenizer.json",
+                                  TokenizerConfig(ti.TEXT_LENGTH, *spec, placeholder.ids[key]), (TOKEN,))
+        for prompt in (f"a large red {TOKEN} in the centre", f"{TOKEN}, a circle and a {TOKEN}-like star"):
+            ids = hf(prompt, padding="max_length", max_length=ti.TEXT_LENGTH, truncation=True).input_ids
+            assert ids == runtime.encode(prompt)[0].tolist(), (key, prompt)
+            word = hf(prompt.replace(TOKEN, INIT_WORD), padding="max_length", max_length=ti.TEXT_LENGTH,
+                      truncation=True).input_ids
+            assert [placeholder.ids[key] if i == placeholder.init_ids[key] else i for i in word] == ids

@@ -48,10 +48,11 @@ class PersonalizationModel:
 
     def __init__(self, pipe, caption: str):
         import torch
-        from tokenizers import AddedToken, Tokenizer
+        from tokenizers import Tokenizer
 
         from ralu_export import graph_modules as gm
         from ralu_export.torch_backend import TorchFluxDenoiser
+        from ralu_runtime.tokenization import add_learned_tokens
 
         self.torch, self.pipe = torch, pipe
         self.clip = gm.ClipTextEncoder(pipe.text_encoder).eval()
@@ -64,7 +65,7 @@ class PersonalizationModel:
             init_ids = tok.encode(INIT_WORD, add_special_tokens=False).ids
             if len(init_ids) != 1:
                 raise SystemExit(f"init word {INIT_WORD!r} is {len(init_ids)} tokens in {name}; pick a single-token word")
-            tok.add_tokens([AddedToken(PLACEHOLDER, special=False, normalized=False)])
+            add_learned_tokens(tok, [PLACEHOLDER])  # as the runtime does: the token tokenizes like a word
             tok.enable_truncation(TEXT_LENGTH)
             tok.enable_padding(length=TEXT_LENGTH, pad_id=tok.token_to_id(pad), pad_token=pad)
             self.ids[name] = torch.tensor([tok.encode(caption).ids], dtype=torch.int64)

@@ -14,17 +14,17 @@ import java.util.regex.Pattern
  * prompts; control characters the charsmap drops pass through here); pre-tokenizers Sequence, Split,
  * ByteLevel, Metaspace, Whitespace and WhitespaceSplit; models BPE and Unigram; post-processors
  * RobertaProcessing, BertProcessing, TemplateProcessing, ByteLevel and Sequence. Added tokens are matched
- * leftmost-longest, non-normalized ones on the raw text and normalized ones on the normalized text; their
- * lstrip / rstrip / single_word flags are not implemented (none of the bundle's tokenizers sets them).
+ * leftmost-longest, non-normalized ones on the raw text and normalized ones on the normalized text; lstrip is
+ * honoured (learned tokens set it), rstrip / single_word are not implemented (no bundle tokenizer sets them).
  */
 class HfTokenizer private constructor(
     private val normalizer: TextNormalizer?,
-    private val preTokenizer: PreTokenizer?,
+    private var preTokenizer: PreTokenizer?,
     private val model: TokenModel,
     private val post: PostProcessor?,
     addedTokens: List<AddedToken>
 ) {
-    class AddedToken(val content: String, val id: Int, val special: Boolean, val normalized: Boolean)
+    class AddedToken(val content: String, val id: Int, val special: Boolean, val normalized: Boolean, val lstrip: Boolean = false)
 
     private val added = ArrayList(addedTokens)
 
@@ -35,19 +35,25 @@ class HfTokenizer private constructor(
     fun tokenToId(token: String): Int? = added.firstOrNull { it.content == token }?.id ?: model.tokenToId(token)
 
     /**
-     * Adds learned placeholder tokens as ralu_runtime does (AddedToken(special=False, normalized=False): matched
-     * case-sensitively on the raw prompt) and returns their ids: an existing entry keeps its id; a new one takes
+     * Adds learned placeholder tokens as ralu_runtime.tokenization.add_learned_tokens does, so that a learned token
+     * tokenizes like one word ("a red <t> in" as many ids as "a red square in"): AddedToken(special=False,
+     * normalized=False, lstrip=True), matched case-sensitively on the raw prompt and absorbing the whitespace
+     * before it, and a Metaspace pre-tokenizer switched from prepend scheme "always" to "first" (no '▁' before
+     * the text that follows an added token). Returns their ids: an existing entry keeps its id; a new one takes
      * max(added id) + 1 when that is beyond the model vocabulary, else the vocabulary size (tokenizers'
      * AddedVocabulary.add_tokens).
      */
-    fun addTokens(contents: List<String>): IntArray = contents.map { content ->
-        tokenToId(content) ?: run {
-            val maxAdded = added.map { it.id }.fold(-1) { a, b -> if (b > a) b else a }
-            val id = if (maxAdded >= model.vocabSize || model.vocabSize == 0) maxAdded + 1 else model.vocabSize
-            added.add(AddedToken(content, id, special = false, normalized = false))
-            id
-        }
-    }.toIntArray()
+    fun addTokens(contents: List<String>): IntArray {
+        preTokenizer = preTokenizer?.withFirstPrependScheme()
+        return contents.map { content ->
+            tokenToId(content) ?: run {
+                val maxAdded = added.map { it.id }.fold(-1) { a, b -> if (b > a) b else a }
+                val id = if (maxAdded >= model.vocabSize || model.vocabSize == 0) maxAdded + 1 else model.vocabSize
+                added.add(AddedToken(content, id, special = false, normalized = false, lstrip = true))
+                id
+            }
+        }.toIntArray()
+    }
 
     /** Token ids of `text` with the post-processor's special tokens, no truncation or padding. */
     fun encode(text: String, addSpecialTokens: Boolean = true): IntArray {
@@ -86,7 +92,10 @@ class HfTokenizer private constructor(
 
     private class Piece(val text: String, val token: AddedToken?)
 
-    /** The text split around leftmost-longest occurrences of the tokens' (transformed) contents. */
+    /**
+     * The text split around leftmost-longest occurrences of the tokens' (transformed) contents; an lstrip token
+     * also takes the whitespace before it, back to the end of the previous match (tokenizers' AddedVocabulary).
+     */
     private fun splitAdded(text: String, tokens: List<AddedToken>, transform: (String) -> String): List<Piece> {
         if (tokens.isEmpty() || text.isEmpty()) return listOf(Piece(text, null))
         val patterns = tokens.map { Pair(transform(it.content), it) }.filter { it.first.isNotEmpty() }
@@ -97,7 +106,9 @@ class HfTokenizer private constructor(
             var best: Pair<String, AddedToken>? = null
             for (p in patterns) if (text.startsWith(p.first, i) && (best == null || p.first.length > best.first.length)) best = p
             if (best == null) { i++; continue }
-            if (i > start) out.add(Piece(text.substring(start, i), null))
+            var from = i
+            if (best.second.lstrip) while (from > start && isWhitespaceBefore(text, from)) from -= Character.charCount(text.codePointBefore(from))
+            if (from > start) out.add(Piece(text.substring(start, from), null))
             out.add(Piece(best.first, best.second))
             i += best.first.length
             start = i
@@ -107,11 +118,18 @@ class HfTokenizer private constructor(
     }
 
     companion object {
+        private val WHITESPACE: Pattern = Pattern.compile("\\s", Pattern.UNICODE_CHARACTER_CLASS)
+
+        /** Whether the code point before `index` is Unicode White_Space (Rust's char::is_whitespace). */
+        private fun isWhitespaceBefore(text: String, index: Int): Boolean =
+            WHITESPACE.matcher(String(Character.toChars(text.codePointBefore(index)))).matches()
+
         /** The tokenizer described by a tokenizer.json text; UserError naming an unsupported component. */
         fun fromJson(text: String): HfTokenizer {
             val root = JsonObject.parse(text, "tokenizer.json")
             val added = if (root.has("added_tokens")) root.objects("added_tokens").map {
-                AddedToken(it.string("content"), it.int("id"), it.boolOr("special", false), it.boolOr("normalized", !it.boolOr("special", false)))
+                AddedToken(it.string("content"), it.int("id"), it.boolOr("special", false), it.boolOr("normalized", !it.boolOr("special", false)),
+                    it.boolOr("lstrip", false))
             } else emptyList()
             return HfTokenizer(
                 root.objOrNull("normalizer")?.let(TextNormalizer.Companion::fromJson),
@@ -199,6 +217,9 @@ internal abstract class PreTokenizer {
     /** Splits each piece into words; `atStart` is true when the first piece begins the input (Metaspace "first"). */
     abstract fun split(pieces: List<String>, atStart: Boolean): List<String>
 
+    /** This pre-tokenizer with every Metaspace's prepend scheme "always" turned into "first" (learned tokens). */
+    open fun withFirstPrependScheme(): PreTokenizer = this
+
     companion object {
         private const val GPT2_PATTERN = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 
@@ -265,6 +286,7 @@ internal abstract class PreTokenizer {
 
     private class Chain(val parts: List<PreTokenizer>) : PreTokenizer() {
         override fun split(pieces: List<String>, atStart: Boolean): List<String> = parts.fold(pieces) { p, t -> t.split(p, atStart) }
+        override fun withFirstPrependScheme(): PreTokenizer = Chain(parts.map { it.withFirstPrependScheme() })
     }
 
     private class RegexSplit(val pattern: Pattern, val behavior: String, val invert: Boolean) : PreTokenizer() {
@@ -299,6 +321,9 @@ internal abstract class PreTokenizer {
     /** SentencePiece-style: spaces become the replacement, prepended per the scheme, split before each replacement. */
     private class Metaspace(val replacement: String, val scheme: String, val splitWords: Boolean) : PreTokenizer() {
         private val pattern = Pattern.compile(Pattern.quote(replacement))
+
+        override fun withFirstPrependScheme(): PreTokenizer =
+            if (scheme == "always") Metaspace(replacement, "first", splitWords) else this
 
         override fun split(pieces: List<String>, atStart: Boolean): List<String> = pieces.withIndex().flatMap { (i, piece) ->
             var text = piece.replace(" ", replacement)
