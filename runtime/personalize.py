@@ -30,13 +30,21 @@ from ralu_runtime.sessions import SessionConfig
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "ralu-personalize-checkpoint"
 WIDE_POSTERIOR_RATIO = 0.25  # "auto": use the posterior mean when its std exceeds this share of the latents' std
+ThetaUnits = Literal["absolute", "table_rms"]
+THETA_UNITS: tuple[str, ...] = ("absolute", "table_rms")
 
 
 @dataclass(frozen=True)
 class PersonalizeConfig:
     """steps: total ZO steps; checkpoint_every: K; captions: templates with `{}` for the token, cycled over the
     images; posterior: x0 from a per-step posterior sample (the spec), its mean, or "auto" (the mean when the
-    VAE posterior is wide relative to the latents, as in the built-in model, whose DiT was trained on means)."""
+    VAE posterior is wide relative to the latents, as in the built-in model, whose DiT was trained on means).
+    theta_units: the coordinates the optimiser works in. "absolute" (the spec's, one encoder in the reference):
+    θ itself, so lr and μ are absolute embedding units. "table_rms": each encoder's part of θ divided by the RMS of
+    that encoder's token-embedding table, so lr and μ are relative to the table's scale. Added because one lr
+    cannot serve several encoders whose tables differ in scale (the built-in model: CLIP rows ~0.02 per
+    coordinate, T5 rows ~1.0, so lr 1e-2 is half a CLIP coordinate per step but 1 % of a T5 one). Adam is
+    invariant to the gradient's scale up to ε_Adam, so this amounts to a per-encoder lr and μ."""
 
     steps: int = 1000
     seed: int = 0
@@ -45,8 +53,11 @@ class PersonalizeConfig:
     puts: PutsConfig = field(default_factory=PutsConfig)
     captions: tuple[str, ...] = ("a {}",)
     posterior: Literal["auto", "sample", "mean"] = "auto"
+    theta_units: ThetaUnits = "absolute"
 
     def __post_init__(self) -> None:
+        if self.theta_units not in THETA_UNITS:
+            raise UserError(f"theta_units {self.theta_units!r} is not one of {', '.join(THETA_UNITS)}.")
         if self.steps < 1 or self.checkpoint_every < 1:
             raise UserError(f"steps ({self.steps}) and checkpoint_every ({self.checkpoint_every}) must be >= 1.")
         if not self.captions or any(c.count("{}") != 1 for c in self.captions):
@@ -55,7 +66,7 @@ class PersonalizeConfig:
     def to_dict(self) -> dict:
         return {"steps": self.steps, "seed": self.seed, "checkpoint_every": self.checkpoint_every,
                 "zo": self.zo.to_dict(), "puts": self.puts.to_dict(), "captions": list(self.captions),
-                "posterior": self.posterior}
+                "posterior": self.posterior, "theta_units": self.theta_units}
 
 
 @dataclass
@@ -107,6 +118,18 @@ class Personalizer:
             out[e.name] = np.asarray(table[ids[0]], dtype=np.float32)
         return out
 
+    def theta_scale(self, units: ThetaUnits) -> np.ndarray:
+        """[Σ hidden] float32: per coordinate of the concatenated θ, the unit the optimiser works in (see
+        PersonalizeConfig.theta_units): ones, or each encoder's token-table RMS repeated over its coordinates."""
+        parts = []
+        for e in self.bundle.manifest.text_encoders:
+            scale = 1.0
+            if units == "table_rms":
+                table = load_file(str(self.bundle.path(e.token_embeddings)))["weight"].astype(np.float64)
+                scale = float(np.sqrt(np.mean(table ** 2)))
+            parts.append(np.full(e.hidden_size, scale, np.float32))
+        return np.concatenate(parts)
+
     def encode_images(self, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """VAE-encoder moments of every image and its horizontal flip, raw (unnormalised):
         (means, logvars), each [N, 2, C, h, w] float32 (spec §10.1: computed once, reused every step)."""
@@ -139,7 +162,8 @@ class Personalizer:
                                LearnedTokens({token: theta0}))
         means, logvars = self.encode_images(images_u8)
         use_mean = _use_posterior_mean(config.posterior, means, logvars)
-        state = init_state(np.concatenate([theta0[e.name] for e in encoders]), config.zo, config.seed)
+        scale = self.theta_scale(config.theta_units)  # the optimiser's θ is θ / scale (exactly θ when absolute)
+        state = init_state(np.concatenate([theta0[e.name] for e in encoders]) / scale, config.zo, config.seed)
         meta = {"format": CHECKPOINT_FORMAT, "bundle": self.bundle.bundle_id, "token": token, "init_word": init_word,
                 "num_images": int(len(images_u8)), "config": config.to_dict()}
         losses: list[float] = []
@@ -162,7 +186,7 @@ class Personalizer:
             def loss_fn(queries: np.ndarray) -> np.ndarray:
                 out = np.empty(len(queries), dtype=np.float64)
                 for q, vec in enumerate(queries):
-                    parts = dict(zip([e.name for e in encoders], np.split(vec, splits)))
+                    parts = dict(zip([e.name for e in encoders], np.split(vec * scale, splits)))
                     cond = text.encode(caption, overrides={k: v[None] for k, v in parts.items()})
                     v = self.denoiser(x_sigma, positions, draw.sigmas.astype(np.float32), cond)
                     out[q] = float(np.mean((v.astype(np.float64) - target) ** 2))
@@ -175,7 +199,7 @@ class Personalizer:
             if checkpoint is not None and (state.step % config.checkpoint_every == 0 or state.step == config.steps):
                 _save_checkpoint(checkpoint, state, meta, losses)
         done = state.step - first
-        embeds = dict(zip([e.name for e in encoders], np.split(np.asarray(state.theta, np.float32), splits)))
+        embeds = dict(zip([e.name for e in encoders], np.split(np.asarray(state.theta, np.float32) * scale, splits)))
         return FitResult(token, embeds, losses, (time.perf_counter() - started) / max(1, done), state.step,
                          resumed_from)
 
