@@ -6,13 +6,13 @@ denoiser). Returns the manifest's graph entries."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from tqdm import tqdm
 
@@ -29,16 +29,19 @@ ORT_MATCHES_ONNX_REL = 1e-5  # .ort vs its .onnx: bit-identical expected (ENVIRO
 
 @dataclass
 class ExportedGraph:
-    """One graph between export and the manifest: its spec, torch module, ONNX proto, precision label and
-    the ORT session config it needs; path/data_files once saved."""
+    """One graph between export and the manifest: its spec, torch module, ONNX model (onnx_ir Model whose
+    weights are views of the module's, or a quantized ModelProto), precision label and the ORT session
+    config it needs; path/data_files once saved; the parity cases with the torch outputs (references)
+    once computed, after which module and model are dropped (issue 8: never torch and ORT weights at once)."""
 
     spec: GraphSpec
-    module: torch.nn.Module
-    proto: onnx.ModelProto
+    module: torch.nn.Module | None
+    proto: object
     precision: str
     session_config: dict[str, str]
     path: Path | None = None
     data_files: tuple[Path, ...] = ()
+    references: tuple[list, list] | None = None
 
 
 def int8_method(plan, spec: GraphSpec) -> str | None:
@@ -71,17 +74,24 @@ def onnx_graphs(plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
     specs = [s for s in plan.family.graphs if plan.config.target in s.targets]
     graphs = [_export(plan, spec, pipe, token_ids) for spec in tqdm(specs, desc="export", unit="graph", disable=None)]
     _save(root, graphs)
-    onnx_runs = {}
+    for graph in graphs:  # torch outputs now, then free the torch weights before ORT maps the saved ones
+        graph.references = _torch_references(plan, graph, token_ids)
+        graph.module = graph.proto = None
+    del pipe
+    gc.collect()
+    onnx_runs, notes = {}, {}
     if plan.target.graph_format == "ort":
         from ralu_export import ort_format
 
-        onnx_runs = {g.spec.name: onnx_files.ort_runner(g.path, config=g.session_config) for g in graphs}
+        onnx_runs = {g.spec.name: onnx_files.ort_runner(g.path, config=g.session_config) for g in graphs
+                     if not ort_format.stays_onnx(g.path, list(g.data_files))}
         converted = ort_format.convert_folder(root, {g.spec.name: (g.path, list(g.data_files)) for g in graphs},
                                               session_config=SESSION_CONFIG["weight_qdq"])
         for graph in graphs:
             graph.path = converted[graph.spec.name]
             graph.data_files = () if graph.path.suffix == ".ort" else graph.data_files
-    notes: dict[str, str] = {}
+            if graph.path.suffix == ".onnx":
+                notes[f"onnx_not_ort.{graph.spec.name}"] = ort_format.STAYS_ONNX_NOTE
     entries = [_entry(plan, root, g, token_ids, onnx_runs.get(g.spec.name), notes) for g in graphs]
     return entries, notes
 
@@ -114,6 +124,17 @@ def _save(root: Path, graphs: list[ExportedGraph]) -> None:
         onnx_files.save_sharing_weights([(g.proto, g.path) for g in members], data)
 
 
+def _torch_references(plan, graph: ExportedGraph, token_ids: dict[str, np.ndarray]) -> tuple[list, list]:
+    """The graph's parity cases (fewer for multi-GB graphs: onnx_export.affordable_cases) and the torch
+    module's outputs on each."""
+    spec = graph.spec
+    rng = rng_for(0, f"export-parity-{spec.name}")
+    cases = [(label, examples.example_inputs(spec, plan.geometry, dims, rng, token_ids))
+             for label, dims in examples.parity_cases(spec, plan.geometry, list(plan.stage_lengths))]
+    cases = onnx_export.affordable_cases(cases, onnx_export.parameter_bytes(graph.module))
+    return cases, onnx_export.torch_references(graph.module, cases)
+
+
 def _entry(plan, root: Path, graph: ExportedGraph, token_ids: dict[str, np.ndarray], onnx_reference,
            notes: dict[str, str]) -> GraphEntry:
     """Check the final graph file against torch (and, for .ort, against its .onnx) and describe it."""
@@ -122,11 +143,9 @@ def _entry(plan, root: Path, graph: ExportedGraph, token_ids: dict[str, np.ndarr
         metric, tolerance = "max_rel", tolerances.fp32_rel
     else:
         metric, tolerance = "cosine", tolerances.int8_cosine
-    rng = rng_for(0, f"export-parity-{spec.name}")
-    cases = [(label, examples.example_inputs(spec, plan.geometry, dims, rng, token_ids))
-             for label, dims in examples.parity_cases(spec, plan.geometry, list(plan.stage_lengths))]
+    cases, expected = graph.references
     run = onnx_files.ort_runner(graph.path, config=graph.session_config)
-    parity = onnx_export.check_parity(spec.name, run, graph.module, cases, metric, tolerance)
+    parity = onnx_export.check_parity(spec.name, run, expected, cases, metric, tolerance)
     if onnx_reference is not None:
         difference = _ort_vs_onnx(spec.name, run, onnx_reference, cases)
         notes[f"ort_vs_onnx.{spec.name}"] = f"max abs difference {difference:.3g} over {len(cases)} parity cases"

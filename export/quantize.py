@@ -130,9 +130,16 @@ def _ort_quantize(model: onnx.ModelProto, method: QuantMethod,
         return onnx.load_model(str(dst), load_external_data=True)
 
 
-def quantize(model: onnx.ModelProto, method: QuantMethod,
+def quantize(model, method: QuantMethod,
              calibration: Iterable[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
-    """The int8 variant of `model` (weights loaded in memory) by `method`; the input is not modified."""
+    """The int8 variant of `model` (an onnx.ModelProto or onnx_ir Model, weights in memory) by `method`; the
+    input is not modified. An IR model is serialized to a proto first: quantization holds the float weights
+    as a proto beside the module, which is fine for the text encoders and for denoisers under 2 GB (a larger
+    int8 denoiser is not supported; see docs/real-checkpoints.md)."""
+    if not isinstance(model, onnx.ModelProto):
+        import onnx_ir as ir
+
+        model = ir.serde.serialize_model(model)
     if method == "weight_qdq":
         return quantize_weight_qdq(model)
     if method in ("dynamic", "static_qdq"):
