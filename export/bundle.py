@@ -19,7 +19,8 @@ from pathlib import Path
 from ralu_edge import presets as ralu_presets
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import (
-    BUNDLE_FORMAT, FORMAT_VERSION, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo, PresetEntry,
+    BUNDLE_FORMAT, FORMAT_VERSION, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo, PosEmbedSpec,
+    PresetEntry,
     PresetStages, Resolution, RopeSpec, StageGraph, TextEncoderSpec, VaeSpec, file_entries, write_manifest,
 )
 from ralu_export.families import FamilySpec, Geometry, family_for
@@ -130,7 +131,7 @@ def build_bundle(config: ExportConfig) -> Path:
     return out
 
 
-_COMPONENT_FOLDERS = {"transformer", "text_encoder", "text_encoder_2", "vae_decoder", "vae_encoder"}
+_COMPONENT_FOLDERS = {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder", "vae_encoder"}
 
 
 def _build_graphs(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
@@ -171,12 +172,13 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
     else:
         stages = tuple(StageGraph(d.name, d.static_dims["num_image_tokens"]) for d in denoisers)
     full_res = next((gr.name for gr in by_role.get("denoiser_ids", [])), None)
+    sizes = g.sizes()
     encoders = tuple(
         TextEncoderSpec(
             name=e.graph, graph=e.graph, tokenizer=e.tokenizer, kind=e.kind, use=e.use,
-            hidden_size=g.pooled_dim if e.kind == "clip" else g.text_dim,
-            vocab_rows=g.clip_vocab if e.kind == "clip" else g.t5_vocab,
-            sequence_output=e.sequence_output, pooled_output=e.pooled_output,
+            hidden_size=sizes[e.hidden_size] if e.hidden_size else (g.pooled_dim if e.kind == "clip" else g.text_dim),
+            vocab_rows=sizes[e.vocab] if e.vocab else (g.clip_vocab if e.kind == "clip" else g.t5_vocab),
+            sequence_output=e.sequence_output.format(**sizes), pooled_output=e.pooled_output,
             placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
             precision=next(gr.precision for gr in graphs if gr.name == e.graph),
             placeholder_slots=target.placeholder_slots,
@@ -193,17 +195,29 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
         model=ModelInfo(family.name, plan.config.model, plan.pipeline_class),
         target=plan.config.target, precision=plan.config.precision, resolutions=(plan.resolution,),
         vae=VaeSpec(g.latent_channels, g.vae_factor, g.vae_scaling, g.vae_shift),
-        text_length=g.text_length, rope=RopeSpec(tuple(g.axes_dim), g.theta, g.head_dim),
+        text_length=g.text_length,
+        rope=RopeSpec(tuple(g.axes_dim), g.theta, g.head_dim) if family.positions == "rope" else None,
         denoiser=DenoiserSpec(
             packaging=target.packaging, packaging_note=target.packaging_note, token_dim="num_image_tokens",
             rope_token_dim="num_rope_tokens", stage_lengths=plan.stage_lengths,
-            token_channels=g.token_channels, text_length=g.text_length, text_dim=g.text_dim,
-            pooled_dim=g.pooled_dim, guidance=g.guidance, timestep="sigma", stage_graphs=stages,
-            full_res_graph=full_res,
+            token_channels=g.token_channels, text_length=sizes.get("joint_text_length", g.text_length),
+            text_dim=g.text_dim, pooled_dim=g.pooled_dim, guidance=g.guidance, timestep=family.timestep,
+            stage_graphs=stages, full_res_graph=full_res, **_sd3_denoiser_fields(family, g),
         ),
         text_encoders=encoders, tokenizers=tokenizers, graphs=tuple(graphs), presets=presets,
         files=file_entries(root), notes=notes,
     )
+
+
+def _sd3_denoiser_fields(family: FamilySpec, g: Geometry) -> dict:
+    """The DenoiserSpec fields of SD3-class families (absolute positions, CFG, output layout, plain schedule);
+    empty for FLUX, whose defaults they are."""
+    if family.positions != "sincos":
+        return {}
+    sizes = g.sizes()
+    return {"positions": "sincos", "output_order": family.output_order, "guidance_scale": family.guidance_scale,
+            "baseline_schedule": family.baseline_schedule, "baseline_shift": g.scheduler_shift,
+            "pos_embed": PosEmbedSpec(sizes["inner_dim"], sizes["pos_embed_max_size"], sizes["pos_base_size"], 1.0)}
 
 
 def _exporter_info() -> ExporterInfo:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ralu_edge.rope import rope_tables
+from ralu_edge.sd3 import SincosGrid, position_embeddings
 from ralu_edge.tokens import grid_positions
 from ralu_export.families import Geometry, GraphSpec, present
 
@@ -51,7 +52,8 @@ def example_inputs(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rn
                    token_ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Keyword tensors for one case of a graph. token_ids[graph name] is a tokenized prompt [1, T] int64."""
     num_tokens = dims.get("num_image_tokens", geometry.grid_height * geometry.grid_width)
-    text_ids = np.zeros((geometry.text_length, len(geometry.axes_dim)))
+    dims = {"batch": 2, **dims}  # SD3's classifier-free guidance batch (FLUX graphs have no batch dim)
+    text_ids = np.zeros((geometry.text_length, max(len(geometry.axes_dim), 1)))
     image_ids = image_positions(geometry, num_tokens, rng)
     sizes = geometry.sizes()
 
@@ -69,7 +71,13 @@ def example_inputs(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rn
         elif name == "img_ids":
             values[name] = torch.from_numpy(image_ids.astype(np.float32))
         elif name == "timestep":
-            values[name] = torch.tensor([rng.uniform(0.05, 0.95)], dtype=torch.float32)
+            count = dims["batch"] if template.shape == ("batch",) else 1
+            scale = sizes.get("timestep_scale", 1)  # SD3 graphs take sigma * 1000
+            values[name] = torch.tensor(rng.uniform(0.05, 0.95, count) * scale, dtype=torch.float32)
+        elif name == "pos_embed":
+            grid = SincosGrid(sizes["inner_dim"], sizes["pos_embed_max_size"], sizes["pos_base_size"])
+            values[name] = torch.from_numpy(position_embeddings(image_ids, geometry.grid_height, geometry.grid_width,
+                                                                grid))
         elif name == "guidance":
             values[name] = torch.tensor([3.5], dtype=torch.float32)
         elif name == "input_ids":

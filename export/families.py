@@ -5,7 +5,9 @@ the dynamic dimensions and the tolerances. The built-in `shapes` model is an ins
 a model name never appears in an `if` outside this table.
 
 Shapes are templates: an int is a fixed size, a key of `Geometry.sizes()` is the model's size (resolved
-when the bundle is built), any other string is a symbolic dimension from the family's `dims`."""
+when the bundle is built), any other string is a symbolic dimension from the family's `dims`. The `sd3`
+family (StableDiffusion3Pipeline) exports the transformer core on host-patchified tokens with per-token
+position embeddings (spec/RALU.md §9.7) and runs classifier-free guidance as a batch of 2."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ralu_edge.errors import UserError
-from ralu_export.models import load_flux_pipeline
+from ralu_export.models import load_flux_pipeline, load_sd3_pipeline
 
 Dim = Union[int, str]
 ALL_TARGETS = ("desktop", "android", "executorch", "ios")
@@ -32,6 +34,19 @@ class TensorTemplate:
     shape: tuple[Dim, ...]
     optional: bool = False
     requires: Optional[str] = None
+    repeat: Optional[str] = None  # a size: that many tensors, named name.format(i) (optimum's hidden_states.{i})
+
+
+def expand(templates: tuple[TensorTemplate, ...], sizes: dict[str, int]) -> tuple[TensorTemplate, ...]:
+    """The templates with each `repeat` template unrolled into sizes[repeat] numbered tensors."""
+    out: list[TensorTemplate] = []
+    for t in templates:
+        if t.repeat is None:
+            out.append(t)
+        else:
+            out += [TensorTemplate(t.name.format(i), t.dtype, t.shape, t.optional, t.requires)
+                    for i in range(sizes[t.repeat])]
+    return tuple(out)
 
 
 def present(templates: tuple[TensorTemplate, ...], geometry: "Geometry") -> tuple[TensorTemplate, ...]:
@@ -91,8 +106,10 @@ class EncoderRole:
     tokenizer: str
     kind: str
     use: str
-    sequence_output: str
+    sequence_output: str  # may name a size in braces: "hidden_states.{clip_l_penultimate}"
     pooled_output: Optional[str]
+    hidden_size: Optional[str] = None  # size names; None: FLUX's (pooled_dim for CLIP, text_dim for T5)
+    vocab: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,8 @@ class Geometry:
     clip_vocab: int
     t5_vocab: int
     clip_eos: int
+    scheduler_shift: float = 3.0
+    extra_sizes: tuple[tuple[str, int], ...] = ()  # family-specific named sizes (SD3: CLIP widths, pos table)
 
     @property
     def latent_height(self) -> int:
@@ -155,7 +174,7 @@ class Geometry:
             "pooled_dim": self.pooled_dim, "head_dim": self.head_dim, "clip_length": self.clip_length,
             "clip_dim": self.pooled_dim, "t5_dim": self.text_dim, "latent_channels": self.latent_channels,
             "latent_parameters": 2 * self.latent_channels, "vae_factor": self.vae_factor,
-            "num_axes": len(self.axes_dim),
+            "num_axes": len(self.axes_dim), **dict(self.extra_sizes),
         }
 
 
@@ -172,6 +191,12 @@ class FamilySpec:
     default_presets: tuple[str, ...]
     load: Callable[[str], object]
     tolerances: Tolerances = field(default_factory=Tolerances)
+    # Denoiser conventions written to the manifest (ralu_edge.manifest.DenoiserSpec); defaults are FLUX's.
+    positions: str = "rope"
+    timestep: str = "sigma"
+    output_order: str = "c_dy_dx"
+    guidance_scale: Optional[float] = None
+    baseline_schedule: str = "flux_dynamic"
 
     def graph(self, name: str) -> GraphSpec:
         return next(g for g in self.graphs if g.name == name)
@@ -301,7 +326,123 @@ FLUX = FamilySpec(
     ),
 )
 
-FAMILIES: dict[str, FamilySpec] = {FLUX.pipeline_class: FLUX}
+
+def _scheduler_shift(folder: Path) -> float:
+    path = folder / "scheduler" / "scheduler_config.json"
+    return float(json.loads(path.read_text()).get("shift", 3.0)) if path.is_file() else 3.0
+
+
+def sd3_geometry(folder: Path, height: int, width: int) -> Geometry:
+    """Geometry of a diffusers StableDiffusion3Pipeline folder (configs only). Text: CLIP-L and CLIP-G at the
+    CLIP tokenizer length (77), T5 at tokenizer_3's model_max_length capped at 256 (StableDiffusion3Pipeline's
+    max_sequence_length default); the denoiser sees their joint sequence (spec/RALU.md §9.2: 77 + 256)."""
+    transformer, vae = _config(folder, "transformer"), _config(folder, "vae")
+    clip_l, clip_g, t5 = (_config(folder, c) for c in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+    patch = int(transformer["patch_size"])
+    clip_length = _tokenizer_length(folder, "tokenizer", int(clip_l["max_position_embeddings"]))
+    t5_length = _tokenizer_length(folder, "tokenizer_3", 256)
+    inner = int(transformer["num_attention_heads"]) * int(transformer["attention_head_dim"])
+    extra = {
+        "joint_text_length": clip_length + t5_length, "inner_dim": inner, "t5_dim": int(t5["d_model"]),
+        "pos_embed_max_size": int(transformer["pos_embed_max_size"]),
+        "pos_base_size": int(transformer["sample_size"]) // patch, "timestep_scale": 1000,
+    }
+    for prefix, config in (("clip_l", clip_l), ("clip_g", clip_g)):
+        layers = int(config["num_hidden_layers"])
+        extra.update({f"{prefix}_dim": int(config["hidden_size"]), f"{prefix}_proj": int(config["projection_dim"]),
+                      f"{prefix}_states": layers + 1, f"{prefix}_penultimate": layers - 1,
+                      f"{prefix}_vocab": int(config["vocab_size"])})
+    return Geometry(
+        height=height, width=width, vae_factor=2 ** (len(vae["block_out_channels"]) - 1),
+        latent_channels=int(vae["latent_channels"]), patch=patch, text_length=t5_length, clip_length=clip_length,
+        text_dim=int(transformer["joint_attention_dim"]), pooled_dim=int(transformer["pooled_projection_dim"]),
+        head_dim=int(transformer["attention_head_dim"]), axes_dim=(), theta=0.0, guidance=False,
+        vae_scaling=float(vae["scaling_factor"]), vae_shift=float(vae.get("shift_factor") or 0.0),
+        clip_vocab=int(clip_l["vocab_size"]), t5_vocab=int(t5["vocab_size"]), clip_eos=int(clip_l["eos_token_id"]),
+        scheduler_shift=_scheduler_shift(folder), extra_sizes=tuple(sorted(extra.items())),
+    )
+
+
+def _sd3_clip(name: str, prefix: str) -> GraphSpec:
+    """An SD3 CLIP encoder with projection, in optimum's output layout plus injectable embeddings."""
+    return GraphSpec(
+        name=name, role="text_encoder", folder=name, stem="model", source=name, module="ClipProjectionTextEncoder",
+        inputs=(TensorTemplate("input_ids", "int64", (1, "clip_length")), *_PLACEHOLDERS,
+                TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", f"{prefix}_dim"), True)),
+        outputs=(TensorTemplate("text_embeds", "float32", (1, f"{prefix}_proj")),
+                 TensorTemplate("last_hidden_state", "float32", (1, "clip_length", f"{prefix}_dim")),
+                 TensorTemplate("hidden_states.{}", "float32", (1, "clip_length", f"{prefix}_dim"),
+                                repeat=f"{prefix}_states")),
+        quantizable=True, parity_cases="placeholders",
+    )
+
+
+_SD3_TEXT = (
+    TensorTemplate("encoder_hidden_states", "float32", ("batch", "joint_text_length", "text_dim")),
+    TensorTemplate("pooled_projections", "float32", ("batch", "pooled_dim")),
+    TensorTemplate("timestep", "float32", ("batch",)),
+)
+
+SD3 = FamilySpec(
+    name="sd3",
+    pipeline_class="StableDiffusion3Pipeline",
+    dims={
+        "batch": DimSpec(min=1, max=16),  # classifier-free guidance runs [negative, prompt] as one batch of 2
+        "num_image_tokens": DimSpec(min=2, max=65536),
+        "num_placeholders": DimSpec(min=0, max=1024),
+        "latent_height": DimSpec(min=2, max=1024),
+        "latent_width": DimSpec(min=2, max=1024),
+        "height": DimSpec(root="latent_height", times="vae_factor"),
+        "width": DimSpec(root="latent_width", times="vae_factor"),
+    },
+    geometry=sd3_geometry,
+    default_presets=("sd3-2x", "sd3-3x"),
+    load=load_sd3_pipeline,
+    encoders=(
+        EncoderRole("text_encoder", "tokenizer", "clip", "both", "hidden_states.{clip_l_penultimate}", "text_embeds",
+                    hidden_size="clip_l_dim", vocab="clip_l_vocab"),
+        EncoderRole("text_encoder_2", "tokenizer_2", "clip", "both", "hidden_states.{clip_g_penultimate}",
+                    "text_embeds", hidden_size="clip_g_dim", vocab="clip_g_vocab"),
+        EncoderRole("text_encoder_3", "tokenizer_3", "t5", "sequence", "last_hidden_state", None),
+    ),
+    graphs=(
+        GraphSpec(
+            name="denoiser", role="denoiser", folder="transformer", stem="denoiser", source="transformer",
+            module="Sd3Denoiser",
+            inputs=(TensorTemplate("hidden_states", "float32", ("batch", "num_image_tokens", "token_channels")),
+                    *_SD3_TEXT, TensorTemplate("pos_embed", "float32", ("num_image_tokens", "inner_dim"))),
+            outputs=(TensorTemplate("velocity", "float32", ("batch", "num_image_tokens", "token_channels")),),
+            quantizable=True, shares_weights="transformer", parity_cases="stages",
+        ),
+        GraphSpec(
+            # role "denoiser_ids": the desktop-only graph in optimum's transformer I/O (full latent in and out).
+            name="transformer", role="denoiser_ids", folder="transformer", stem="model", source="transformer",
+            module="Sd3Transformer",
+            inputs=(TensorTemplate("hidden_states", "float32", ("batch", "latent_channels", "latent_height",
+                                                                 "latent_width")), *_SD3_TEXT),
+            outputs=(TensorTemplate("out_hidden_states", "float32", ("batch", "latent_channels", "latent_height",
+                                                                      "latent_width")),),
+            targets=("desktop",), quantizable=True, shares_weights="transformer", parity_cases="full",
+        ),
+        _sd3_clip("text_encoder", "clip_l"),
+        _sd3_clip("text_encoder_2", "clip_g"),
+        GraphSpec(
+            name="text_encoder_3", role="text_encoder", folder="text_encoder_3", stem="model",
+            source="text_encoder_3", module="T5TextEncoder",
+            inputs=(TensorTemplate("input_ids", "int64", (1, "text_length")), *_PLACEHOLDERS,
+                    TensorTemplate("placeholder_embeds", "float32", ("num_placeholders", "t5_dim"), True)),
+            outputs=(TensorTemplate("last_hidden_state", "float32", (1, "text_length", "t5_dim")),),
+            quantizable=True, parity_cases="placeholders", pt2e_int8=False,
+        ),
+        FLUX.graph("vae_decoder"),
+        FLUX.graph("vae_encoder"),
+    ),
+    positions="sincos", timestep="sigma_x1000", output_order="dy_dx_c",
+    guidance_scale=7.0,  # StableDiffusion3Pipeline's default guidance_scale
+    baseline_schedule="sd3_static",
+)
+
+FAMILIES: dict[str, FamilySpec] = {FLUX.pipeline_class: FLUX, SD3.pipeline_class: SD3}
 
 
 def family_for(pipeline_class: str) -> FamilySpec:

@@ -1,7 +1,9 @@
 """The torch modules whose forward is exactly one exported graph (as Apple's torch2coreml wraps each
 component), for the FLUX family: the denoiser with host-computed RoPE (the RALU stage graph), the denoiser
 with position ids (optimum's transformer I/O), the CLIP and T5 encoders with injectable embeddings, and the
-VAE decoder and encoder. Each wrapper holds the pipeline's own submodules, so its parameters are the
+VAE decoder and encoder; for the SD3 family, the transformer core on host-patchified tokens with per-token
+position embeddings (the RALU stage graph), the full-latent transformer (optimum's I/O) and the CLIP encoders
+with projection in optimum's output layout. Each wrapper holds the pipeline's own submodules, so its parameters are the
 pipeline's and the parity check compares against the same weights. Imports torch; nothing from ralu_runtime."""
 
 from __future__ import annotations
@@ -156,3 +158,73 @@ class VaeEncoder(nn.Module):
         parameters = self.vae.encode(sample).latent_dist.parameters
         mean = parameters[:, : self.channels]
         return parameters, (mean - self.shift_factor) * self.scaling_factor
+
+
+class Sd3Denoiser(nn.Module):
+    """The SD3 transformer core on token sequences (spec/RALU.md §9.7): velocity tokens [B, L, p*p*C] in SD3's
+    (dy, dx, c) output order from host-patchified tokens, per-token position embeddings and the text inputs.
+    Same computation as SD3Transformer2DModel.forward minus its 4-D edges: the PatchEmbed conv is applied as
+    the equal Linear on packed (c, dy, dx) patches (weight reshaped to [D, C*p*p]), the cropped sin-cos table
+    is replaced by the `pos_embed` input, and the unpatchify is left to the host. A RALU stage-2 sequence
+    (mixed resolutions, fractional positions) therefore needs nothing special.
+
+    hidden_states [B, L, C*p*p]; encoder_hidden_states [B, T_clip + T_t5, D_joint]; pooled_projections
+    [B, D_pool]; timestep [B] = sigma * 1000 (what SD3Transformer2DModel takes); pos_embed [L, D]."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, pos_embed):
+        t = self.transformer
+        conv = t.pos_embed.proj
+        weight = conv.weight.reshape(conv.weight.shape[0], -1)  # [D, C*p*p] in the conv's (c, dy, dx) order
+        hidden = nn.functional.linear(hidden_states, weight, conv.bias) + pos_embed
+        temb = t.time_text_embed(timestep, pooled_projections)
+        context = t.context_embedder(encoder_hidden_states)
+        for block in t.transformer_blocks:
+            context, hidden = block(hidden_states=hidden, encoder_hidden_states=context, temb=temb)
+        return t.proj_out(t.norm_out(hidden, temb))
+
+
+class Sd3Transformer(nn.Module):
+    """optimum's SD3 transformer I/O (hidden_states [B, C, h, w], encoder_hidden_states, pooled_projections,
+    timestep [B] = sigma * 1000 -> out_hidden_states [B, C, h, w]): SD3Transformer2DModel.forward itself, so
+    that optimum's ORTStableDiffusion3Pipeline can open the desktop bundle. It shares every transformer-block
+    weight with the RALU core graph on disk."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep):
+        return self.transformer(hidden_states=hidden_states, encoder_hidden_states=encoder_hidden_states,
+                                pooled_projections=pooled_projections, timestep=timestep, return_dict=False)[0]
+
+
+class ClipProjectionTextEncoder(nn.Module):
+    """transformers CLIPTextModelWithProjection (SD3's CLIP-L and CLIP-G) with injectable embeddings, in
+    optimum's output layout: (input_ids [1, T], placeholder_ids [P], placeholder_embeds [P, D]) ->
+    (text_embeds [1, D_proj], last_hidden_state [1, T, D], hidden_states.0 … hidden_states.N [1, T, D]),
+    hidden_states.i being transformers' hidden_states[i] (embeddings, then each layer, before the final
+    LayerNorm). StableDiffusion3Pipeline uses text_embeds (pooled) and hidden_states[-2]. Pools at the first
+    EOS, as ClipTextEncoder."""
+
+    def __init__(self, text_model: nn.Module):
+        super().__init__()
+        self.text_model = text_model.text_model
+        self.text_projection = text_model.text_projection
+        self.eos_token_id = int(text_model.config.eos_token_id)
+
+    def forward(self, input_ids, placeholder_ids, placeholder_embeds):
+        tm = self.text_model
+        embeds = injected_embeddings(tm.embeddings.token_embedding.weight, input_ids, placeholder_ids,
+                                     placeholder_embeds)
+        hidden = tm.embeddings(inputs_embeds=embeds)
+        length = input_ids.shape[1]
+        causal = torch.full((length, length), torch.finfo(hidden.dtype).min, dtype=hidden.dtype).triu(1)
+        encoded = tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None], output_hidden_states=True)
+        final = tm.final_layer_norm(encoded.last_hidden_state)
+        eos_position = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)  # first EOS
+        pooled = final[torch.arange(final.shape[0]), eos_position]
+        return (self.text_projection(pooled), final, *encoded.hidden_states)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ralu_edge.errors import UserError
 from ralu_export import BUILTIN_MODELS, builtin_model_path
 
-SUPPORTED_PIPELINES = ("FluxPipeline",)
+SUPPORTED_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
 
 
 def resolve_model(model: str) -> Path:
@@ -37,12 +37,25 @@ def resolve_model(model: str) -> Path:
 
 def load_flux_pipeline(model: str):
     """A diffusers FluxPipeline in float32 on the CPU, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from diffusers import FluxPipeline
 
+    return _load_pipeline(FluxPipeline, model)
+
+
+def load_sd3_pipeline(model: str):
+    """A diffusers StableDiffusion3Pipeline in float32 on the CPU, offline."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return _load_pipeline(StableDiffusion3Pipeline, model)
+
+
+def _load_pipeline(pipeline_class, model: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_model(model)
     try:
-        pipe = FluxPipeline.from_pretrained(str(path), local_files_only=True)
+        from ralu_export.lean_load import lean_components  # issue 8: the denoiser memory-mapped, not copied
+
+        pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, **lean_components(path))
     except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise UserError(f"{path}: the pipeline folder could not be loaded ({first[:200]}); re-export or re-save "

@@ -22,7 +22,7 @@ CHECK_PROMPTS = (
 
 # Component folder -> the source folder whose config.json it carries (optimum splits the VAE in two).
 _CONFIG_SOURCES = {"transformer": "transformer", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2",
-                   "vae_decoder": "vae", "vae_encoder": "vae"}
+                   "text_encoder_3": "text_encoder_3", "vae_decoder": "vae", "vae_encoder": "vae"}
 
 
 class TokenizerMismatch(RuntimeError):

@@ -72,7 +72,10 @@ def build_tiny_flux(out: Path, seed: int = 0) -> Path:
 
 
 def build_tiny_sd3(out: Path, seed: int = 0) -> Path:
-    """An SD3-shaped StableDiffusion3Pipeline with random weights (CLIP-L + CLIG-G pooled 32 + 32 = 64)."""
+    """An SD3-shaped StableDiffusion3Pipeline with random weights. Widths keep SD3's relations: CLIP-L (32)
+    and CLIP-G (48) pooled together give pooled_projection_dim 80; their joint sequence width (80) is
+    zero-padded to T5's width 96 = joint_attention_dim (SD3: 768 + 1280 padded to 4096); pos_embed_max_size
+    48 over base size 16 makes one patch step the coordinate 1/3, as SD3's 192 over 64."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
@@ -82,13 +85,13 @@ def build_tiny_sd3(out: Path, seed: int = 0) -> Path:
         clip_tok, t5_tok = _tokenizers(Path(tmp))
         transformer = SD3Transformer2DModel(
             sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64,
+            num_attention_heads=2, joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=80,
             out_channels=16, pos_embed_max_size=48)
         pipe = StableDiffusion3Pipeline(
             transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(16, 4),
             text_encoder=CLIPTextModelWithProjection(_clip_config(clip_tok, 32)), tokenizer=clip_tok,
-            text_encoder_2=CLIPTextModelWithProjection(_clip_config(clip_tok, 32)), tokenizer_2=clip_tok,
-            text_encoder_3=_t5(t5_tok, 32), tokenizer_3=t5_tok)
+            text_encoder_2=CLIPTextModelWithProjection(_clip_config(clip_tok, 48)), tokenizer_2=clip_tok,
+            text_encoder_3=_t5(t5_tok, 96), tokenizer_3=t5_tok)
         return _save(pipe, out)
 
 

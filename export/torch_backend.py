@@ -1,5 +1,5 @@
-"""The torch reference backend: diffusers' FluxTransformer2DModel behind the denoiser seam (DESIGN.md "The one
-seam"), plus the pipeline-side helpers a sampler needs around it (text conditioning, the initial noise FluxPipeline
+"""The torch reference backend: diffusers' FluxTransformer2DModel (and SD3Transformer2DModel) behind the denoiser
+seam (DESIGN.md "The one seam"), plus the pipeline-side helpers a sampler needs around it (text conditioning, the initial noise FluxPipeline
 would draw for a seed, VAE decoding). Works for any diffusers FLUX pipeline, the built-in `shapes` model included.
 Every other backend is checked against this one. Lives in ralu_export: it imports torch and diffusers."""
 
@@ -128,3 +128,46 @@ def vae_decode_callable(pipe) -> Callable[[np.ndarray], np.ndarray]:
         return _decode_latents(pipe, latents).clamp(-1, 1).numpy()
 
     return decode
+
+
+class TorchSd3Denoiser:
+    """The seam over a diffusers SD3Transformer2DModel (spec/RALU.md §9.7), numpy in and out: the reference
+    the ORT SD3 backend is checked against. Tokens go through the exported core's torch module
+    (ralu_export.graph_modules.Sd3Denoiser: patch conv as a Linear, per-token position embeddings from
+    ralu_edge.sd3 at the seam's positions, σ·1000 as the timestep) and the (dy, dx, c) output is permuted
+    back to (c, dy, dx). On a full grid this is SD3Transformer2DModel.forward (tests/test_sd3_core.py).
+    Conditioning batch may be 2B (CFG): wrap with ralu_edge.sd3.ClassifierFreeGuidance."""
+
+    def __init__(self, transformer: torch.nn.Module, grid_h: int, grid_w: int):
+        from ralu_edge.sd3 import SincosGrid
+        from ralu_export.graph_modules import Sd3Denoiser
+
+        config = transformer.config
+        self.core = Sd3Denoiser(transformer).eval()
+        self.grid_hw = (grid_h, grid_w)
+        self.latent_channels = int(config.out_channels)
+        self.grid = SincosGrid(transformer.inner_dim, int(config.pos_embed_max_size),
+                               int(config.sample_size) // int(config.patch_size))
+
+    @torch.inference_mode()
+    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning) -> np.ndarray:
+        from ralu_edge.sd3 import packed_from_sd3_output, position_embeddings
+
+        embeds = position_embeddings(positions, *self.grid_hw, self.grid)
+        out = self.core(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(cond.text_states, dtype=np.float32)),
+                        torch.from_numpy(np.ascontiguousarray(cond.pooled, dtype=np.float32)),
+                        torch.from_numpy(np.asarray(sigmas, dtype=np.float32) * np.float32(1000.0)),
+                        torch.from_numpy(embeds))
+        return packed_from_sd3_output(out.float().numpy(), self.latent_channels)
+
+
+def encode_prompt_sd3(pipe, prompt: str, max_sequence_length: int, negative_prompt: str = "") -> Conditioning:
+    """CFG conditioning of one prompt through StableDiffusion3Pipeline.encode_prompt: batch 2, the negative
+    prompt's row first (text_states [2, T_clip + T_t5, D], pooled [2, D_pooled]), as its __call__ batches."""
+    with torch.inference_mode():
+        states, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt,
+            do_classifier_free_guidance=True, max_sequence_length=max_sequence_length)
+    return Conditioning(text_states=torch.cat([negative, states]).float().numpy(),
+                        pooled=torch.cat([negative_pooled, pooled]).float().numpy())

@@ -203,7 +203,7 @@ class TextEncoderSpec:
     graph: str
     tokenizer: str
     kind: Literal["clip", "t5"]
-    use: Literal["pooled", "sequence"]
+    use: Literal["pooled", "sequence", "both"]  # "both": SD3's CLIPs give the pooled vector and a sequence
     hidden_size: int
     vocab_rows: int
     sequence_output: str
@@ -213,6 +213,18 @@ class TextEncoderSpec:
     precision: str
     placeholder_slots: Optional[int] = None
     token_embeddings: Optional[str] = None  # file with float32 `weight` [vocab_rows, hidden] (init-word rows)
+
+
+@dataclass(frozen=True)
+class PosEmbedSpec:
+    """SD3-class absolute 2-D sin-cos position embeddings, computed on the host per token by
+    `ralu_edge.sd3.position_embeddings` and fed as the denoiser's `pos_embed` input [L, embed_dim]: diffusers'
+    PatchEmbed table geometry (pos_embed_max_size, base_size = sample_size // patch, interpolation scale)."""
+
+    embed_dim: int
+    max_size: int
+    base_size: int
+    interpolation_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,7 +244,11 @@ class DenoiserSpec:
     SessionOptions.add_free_dimension_override_by_name); "static": one graph per stage length.
     `packaging_note` records the measurement behind the choice. stage_lengths: every image-token count the
     bundle's presets and resolutions need. Inputs follow spec/RALU.md §9.1: timestep is sigma in [0, 1]
-    (the graph multiplies by 1000)."""
+    (the graph multiplies by 1000) for FLUX, "sigma_x1000" for SD3 (spec §9.3 "Timestep scaling").
+    SD3-class fields: positions "sincos" (a `pos_embed` [L, D] input built from `pos_embed` on the host
+    instead of RoPE tables), output_order "dy_dx_c" (the host permutes the velocity back to (c, dy, dx)),
+    guidance_scale (classifier-free guidance default; None: no CFG batch), baseline_schedule and
+    baseline_shift (the plain sampler's sigmas, as the source pipeline's scheduler builds them)."""
 
     packaging: Packaging
     packaging_note: str
@@ -244,9 +260,16 @@ class DenoiserSpec:
     text_dim: int
     pooled_dim: int
     guidance: bool
-    timestep: Literal["sigma"]
+    timestep: Literal["sigma", "sigma_x1000"]
     stage_graphs: tuple[StageGraph, ...]
     full_res_graph: Optional[str] = None
+    # SD3-class models (spec/RALU.md §9.7); the defaults describe FLUX, so older bundles read unchanged.
+    positions: Literal["rope", "sincos"] = "rope"
+    pos_embed: Optional[PosEmbedSpec] = None
+    output_order: Literal["c_dy_dx", "dy_dx_c"] = "c_dy_dx"
+    guidance_scale: Optional[float] = None
+    baseline_schedule: Literal["flux_dynamic", "sd3_static"] = "flux_dynamic"
+    baseline_shift: float = 3.0
 
     def graph_for(self, num_image_tokens: int) -> str:
         """The graph to run at this many image tokens; UserError when the bundle has none for it."""
@@ -317,7 +340,7 @@ class Manifest:
     resolutions: tuple[Resolution, ...]
     vae: VaeSpec
     text_length: int
-    rope: RopeSpec
+    rope: Optional[RopeSpec]  # None for SD3-class models (absolute positions: denoiser.pos_embed)
     denoiser: DenoiserSpec
     text_encoders: tuple[TextEncoderSpec, ...]
     tokenizers: tuple[TokenizerSpec, ...]

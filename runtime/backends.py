@@ -13,6 +13,7 @@ import numpy as np
 
 from ralu_edge.errors import UserError
 from ralu_edge.rope import rope_tables
+from ralu_edge.sd3 import SincosGrid, joint_text_states, packed_from_sd3_output, position_embeddings
 from ralu_edge.seam import Conditioning
 from ralu_runtime.bundle import Bundle
 from ralu_runtime.sessions import SessionConfig, open_session
@@ -81,6 +82,57 @@ class OrtDenoiser:
         self._sessions.clear()
 
 
+class OrtSd3Denoiser:
+    """The seam over an SD3-class bundle's transformer core (spec/RALU.md §9.7): the host supplies the
+    patchified tokens as they are, per-token sin-cos position embeddings built from the seam's positions
+    (cached per position array), sigma x 1000 when the graph takes it, and permutes the (dy, dx, c) output
+    back to the sampler's (c, dy, dx) layout. The whole batch (CFG's negative + prompt rows) is one run."""
+
+    def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock):
+        spec = bundle.manifest.denoiser
+        if spec.pos_embed is None:
+            raise UserError(f"{bundle.root.name}: the manifest has sincos positions but no denoiser.pos_embed; "
+                            "re-export the bundle.")
+        self._bundle, self._config, self._clock, self._spec = bundle, config, clock, spec
+        p = spec.pos_embed
+        self._grid = SincosGrid(p.embed_dim, p.max_size, p.base_size, p.interpolation_scale)
+        res = bundle.manifest.resolutions[0]
+        self._grid_hw = (res.grid_height, res.grid_width)
+        self._latent_channels = bundle.manifest.vae.latent_channels
+        self._sessions: dict[str, object] = {}
+        self._embed_key: bytes | None = None
+        self._embeds: np.ndarray | None = None
+
+    def _session(self, num_tokens: int):
+        name = self._spec.graph_for(num_tokens)
+        if name not in self._sessions:
+            self._sessions[name] = open_session(self._bundle, name, self._config)
+        return self._sessions[name]
+
+    def _pos_embed(self, positions: np.ndarray) -> np.ndarray:
+        key = positions.tobytes()
+        if key != self._embed_key:
+            self._embeds = position_embeddings(positions, *self._grid_hw, self._grid)
+            self._embed_key = key
+        return self._embeds
+
+    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning):
+        scale = 1000.0 if self._spec.timestep == "sigma_x1000" else 1.0
+        feeds = {"hidden_states": np.ascontiguousarray(tokens, dtype=np.float32),
+                 "encoder_hidden_states": np.ascontiguousarray(cond.text_states, dtype=np.float32),
+                 "pooled_projections": np.ascontiguousarray(cond.pooled, dtype=np.float32),
+                 "timestep": np.asarray(sigmas, dtype=np.float32) * np.float32(scale),
+                 "pos_embed": self._pos_embed(positions)}
+        out = self._clock.run(self._session(tokens.shape[1]), None, feeds)[0]
+        if self._spec.output_order == "dy_dx_c":
+            out = packed_from_sd3_output(out, self._latent_channels)
+        return out
+
+    def release(self) -> None:
+        """Drop the sessions (low-memory handling); the next call reopens them."""
+        self._sessions.clear()
+
+
 @dataclass
 class LearnedTokens:
     """Learned embeddings per token: {token: {text_encoder_name: [hidden] float32}}."""
@@ -115,7 +167,9 @@ class OrtTextEncoders:
     def encode(self, prompt: str, overrides: dict[str, np.ndarray] | None = None) -> Conditioning:
         """Conditioning of one prompt. `overrides` {encoder_name: [P, hidden]} replaces the learned tokens'
         embeddings (in learned-token order) for this call only: the ZO personalizer's queries."""
-        pooled = states = None
+        # FLUX: pooled from CLIP, sequence from T5. SD3: both CLIPs give a pooled part and a sequence part,
+        # joined as StableDiffusion3Pipeline.encode_prompt does (ralu_edge.sd3.joint_text_states).
+        pooled_parts, clip_states, t5_states = [], [], None
         for e in self._encoders:
             tok = self._tokenizers[e.name]
             ids = tok.encode(prompt)
@@ -129,11 +183,15 @@ class OrtTextEncoders:
             feeds = {"input_ids": ids, e.placeholder_ids_input: p_ids, e.placeholder_embeds_input: p_emb}
             names = [e.sequence_output] + ([e.pooled_output] if e.pooled_output else [])
             outs = dict(zip(names, self._clock.run(self._sessions[e.name], names, feeds)))
-            if e.use == "pooled":
-                pooled = outs[e.pooled_output]
-            else:
-                states = outs[e.sequence_output]
-        return Conditioning(text_states=states, pooled=pooled)
+            if e.use in ("pooled", "both"):
+                pooled_parts.append(outs[e.pooled_output])
+            if e.use in ("sequence", "both"):
+                if e.kind == "t5":
+                    t5_states = outs[e.sequence_output]
+                else:
+                    clip_states.append(outs[e.sequence_output])
+        return Conditioning(text_states=joint_text_states(clip_states, t5_states),
+                            pooled=np.concatenate(pooled_parts, axis=-1))
 
 
 class OrtVae:

@@ -1,8 +1,10 @@
 """`Pipeline`: text -> image over a bundle, composed from parts (STYLE.md: no god-object): bundle -> ORT
 backends -> sigma schedule or RALU preset -> a ralu_edge sampler over the denoiser seam -> VAE decode.
 
-Modes: `baseline` (FLUX's shifted Euler schedule with `steps`), or `ralu-<N>x` for each preset the bundle
-carries (`flux-4x` -> `ralu-4x` for the FLUX family, `sd3-2x` -> `ralu-2x` for SD3)."""
+Modes: `baseline` (the source pipeline's Euler schedule with `steps`: FLUX's dynamic shift, SD3's static
+one), or `ralu-<N>x` for each preset the bundle carries (`flux-4x` -> `ralu-4x` for the FLUX family,
+`sd3-2x` -> `ralu-2x` for SD3). SD3-class bundles run classifier-free guidance ([negative "", prompt] as one
+batch of 2 per step) with the bundle's default scale unless told otherwise."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from ralu_edge.rng import rng_for
 from ralu_edge.sampler import (
     StageInfo, baseline_image_token_steps, image_token_steps, ralu_sample, sample_baseline,
 )
-from ralu_edge.schedules import flux_baseline_sigmas
+from ralu_edge.schedules import flux_baseline_sigmas, sd3_baseline_sigmas
+from ralu_edge.sd3 import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.tokens import unpack_latents
-from ralu_runtime.backends import LearnedTokens, OrtDenoiser, OrtTextEncoders, OrtVae, RunClock
+from ralu_runtime.backends import LearnedTokens, OrtDenoiser, OrtSd3Denoiser, OrtTextEncoders, OrtVae, RunClock
 from ralu_runtime.bundle import Bundle, open_bundle
 from ralu_runtime.embeddings import load_learned_embeds
 from ralu_runtime.images import latent_image_to_uint8
@@ -64,7 +67,8 @@ class Pipeline:
         self.bundle = bundle
         self.clock = RunClock()
         self.text = OrtTextEncoders(bundle, config, self.clock, learned)
-        self.denoiser = OrtDenoiser(bundle, config, self.clock)
+        sincos = bundle.manifest.denoiser.positions == "sincos"
+        self.denoiser = (OrtSd3Denoiser if sincos else OrtDenoiser)(bundle, config, self.clock)
         self.vae = OrtVae(bundle, config, self.clock)
         res = bundle.manifest.resolutions[0]
         self.grid = (res.grid_height, res.grid_width)
@@ -108,19 +112,27 @@ class Pipeline:
         raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
 
     def __call__(self, prompt: str, *, mode: str = "baseline", steps: int = 28, seed: int = 0,
-                 edge_proxy: str = "latent_grad", on_step=None) -> GenerationResult:
+                 edge_proxy: str = "latent_grad", on_step=None, guidance_scale: float | None = None
+                 ) -> GenerationResult:
+        """One image. guidance_scale: classifier-free guidance for bundles that use it (SD3; None = the
+        bundle's default, 7.0 as diffusers); a bundle without CFG (FLUX) rejects it."""
         if mode not in self.modes:
             raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
         self.check_prompt(prompt)
         if mode == "baseline" and steps < 1:
             raise UserError(f"--steps must be at least 1, got {steps}.")
+        scale = self._guidance_scale(guidance_scale)
         started = time.perf_counter()
         cond = self.text.encode(prompt)
+        denoiser = self.denoiser
+        if scale is not None:  # diffusers SD3: negative prompt "" first, then the prompt, in one batch
+            cond = stack_conditionings(self.text.encode(""), cond)
+            denoiser = ClassifierFreeGuidance(self.denoiser, scale)
         t_text = time.perf_counter()
         session_before = self.clock.session_seconds
         gh, gw = self.grid
         noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, self.channels)).astype(np.float32)
-        stats, tokens = self._denoise(noise, cond, mode, steps, seed, edge_proxy, on_step)
+        stats, tokens = self._denoise(denoiser, noise, cond, mode, steps, seed, edge_proxy, on_step)
         t_denoise = time.perf_counter()
         stats.seconds_in_sessions_denoise = self.clock.session_seconds - session_before
         image = latent_image_to_uint8(self.vae.decode(unpack_latents(tokens, gh, gw)))[0]
@@ -129,19 +141,38 @@ class Pipeline:
         stats.seconds_decode, stats.seconds_total = done - t_denoise, done - started
         return GenerationResult(image, stats)
 
-    def _denoise(self, noise, cond, mode, steps, seed, edge_proxy, on_step):
+    def _guidance_scale(self, requested: float | None) -> float | None:
+        default = self.bundle.manifest.denoiser.guidance_scale
+        if requested is None:
+            return default
+        if default is None:
+            raise UserError("this bundle's model does not use classifier-free guidance (FLUX is guidance-"
+                            "distilled); leave the guidance scale unset.")
+        if not requested >= 1.0:
+            raise UserError(f"guidance scale {requested} is below 1; use e.g. {default}.")
+        return float(requested)
+
+    def baseline_sigmas(self, steps: int) -> np.ndarray:
+        """The plain sampler's [steps + 1] sigmas, as the source pipeline's scheduler builds them."""
+        spec = self.bundle.manifest.denoiser
+        if spec.baseline_schedule == "sd3_static":
+            return sd3_baseline_sigmas(steps, spec.baseline_shift)
+        gh, gw = self.grid
+        return flux_baseline_sigmas(steps, gh * gw)
+
+    def _denoise(self, denoiser, noise, cond, mode, steps, seed, edge_proxy, on_step):
         gh, gw = self.grid
         if mode == "baseline":
-            sigmas = flux_baseline_sigmas(steps, gh * gw)
+            sigmas = self.baseline_sigmas(steps)
             t0 = time.perf_counter()
-            tokens = sample_baseline(self.denoiser, noise, gh, gw, sigmas, cond, on_step=on_step)
+            tokens = sample_baseline(denoiser, noise, gh, gw, sigmas, cond, on_step=on_step)
             stats = GenerationStats(mode, steps, baseline_image_token_steps(steps, gh, gw),
                                     seconds_per_stage=[time.perf_counter() - t0])
             return stats, tokens
         preset = self.preset_for_mode(mode)
         stages: list[StageInfo] = []
         decode = (lambda z: self.vae.decode(z)) if edge_proxy == "canny" else None
-        result = ralu_sample(self.denoiser, noise, gh, gw, preset, cond, rng=rng_for(seed, "ralu/select"),
+        result = ralu_sample(denoiser, noise, gh, gw, preset, cond, rng=rng_for(seed, "ralu/select"),
                              latent_channels=self.channels // 4, edge_proxy=edge_proxy, decode=decode,
                              on_step=on_step, on_stage=stages.append)
         stats = GenerationStats(mode, preset.nfe, image_token_steps(preset, gh, gw),

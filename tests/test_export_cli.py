@@ -71,7 +71,8 @@ def test_help_runs_as_a_module_and_names_every_target():
 
 
 # Every registered export family needs a tiny model that the bundle tests export (STYLE.md "Tests").
-FAMILY_TEST_MODELS = {"FluxPipeline": "shapes"}
+# A value is a built-in name or a builder writing the tiny pipeline folder (ralu_export.tiny_models).
+FAMILY_TEST_MODELS = {"FluxPipeline": "shapes", "StableDiffusion3Pipeline": "build_tiny_sd3"}
 
 
 def test_every_registered_family_has_a_tiny_test_model(tmp_path):
@@ -79,6 +80,10 @@ def test_every_registered_family_has_a_tiny_test_model(tmp_path):
     from ralu_export.families import FAMILIES
 
     assert set(FAMILIES) == set(FAMILY_TEST_MODELS)
+    from ralu_export import tiny_models
+
     for pipeline_class, model in FAMILY_TEST_MODELS.items():
+        if hasattr(tiny_models, model):
+            model = str(getattr(tiny_models, model)(tmp_path / model))
         plan = plan_export(ExportConfig(model=model, target="desktop", out=tmp_path / "bundle"))
         assert plan.pipeline_class == pipeline_class
