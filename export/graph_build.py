@@ -92,6 +92,7 @@ def onnx_graphs(plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
             graph.data_files = () if graph.path.suffix == ".ort" else graph.data_files
             if graph.path.suffix == ".onnx":
                 notes[f"onnx_not_ort.{graph.spec.name}"] = ort_format.STAYS_ONNX_NOTE
+                graph.session_config = {**graph.session_config, **ort_format.STAYS_ONNX_SESSION_CONFIG}
     entries = [_entry(plan, root, g, token_ids, onnx_runs.get(g.spec.name), notes) for g in graphs]
     return entries, notes
 

@@ -42,7 +42,8 @@ def save_sharing_weights(models: list[tuple[ir.Model | onnx.ModelProto, Path]], 
     """Save several graphs whose initializers of at least `min_external_bytes` go into one external data
     file, each distinct tensor (dtype, shape and bytes) written once: graphs exported from the same module
     share every weight on disk. All graphs must sit in data_path's folder (ONNX external data paths are
-    relative). The given models are not modified. Returns the external data file's size in bytes."""
+    relative) and data_path must not be a file they read from. The given models are not modified. Returns
+    the external data file's size in bytes."""
     written: dict[str, tuple[int, int]] = {}
     with open(data_path, "wb") as data:
         for original, path in models:
@@ -53,9 +54,9 @@ def save_sharing_weights(models: list[tuple[ir.Model | onnx.ModelProto, Path]], 
             try:
                 for value in model.graph.initializers.values():
                     tensor = value.const_value
-                    if tensor is None or isinstance(tensor, ir.ExternalTensor) or tensor.nbytes < min_external_bytes:
+                    if tensor is None or tensor.nbytes < min_external_bytes:
                         continue
-                    raw = _tensor_bytes(tensor)
+                    raw = _tensor_bytes(tensor)  # external tensors (an ir.load-ed model) are copied over too
                     key = hashlib.sha256(f"{tensor.dtype}{list(tensor.shape)}".encode() + raw.data).hexdigest()
                     if key not in written:
                         data.seek(0, os.SEEK_END)
@@ -65,6 +66,8 @@ def save_sharing_weights(models: list[tuple[ir.Model | onnx.ModelProto, Path]], 
                         data.write(raw.data)
                     offset, length = written[key]
                     del raw
+                    if isinstance(tensor, ir.ExternalTensor):
+                        tensor.release()  # unmap the source file's pages now, not when the model is freed
                     value.const_value = ir.ExternalTensor(data_path.name, offset, length, tensor.dtype,
                                                           shape=tensor.shape, name=value.name,
                                                           base_dir=data_path.parent)
