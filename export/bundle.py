@@ -178,7 +178,8 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
             name=e.graph, graph=e.graph, tokenizer=e.tokenizer, kind=e.kind, use=e.use,
             hidden_size=sizes[e.hidden_size] if e.hidden_size else (g.pooled_dim if e.kind == "clip" else g.text_dim),
             vocab_rows=sizes[e.vocab] if e.vocab else (g.clip_vocab if e.kind == "clip" else g.t5_vocab),
-            sequence_output=e.sequence_output.format(**sizes), pooled_output=e.pooled_output,
+            sequence_output=_output_name(graphs, e.graph, e.sequence_output.format(**sizes)),
+            pooled_output=e.pooled_output,
             placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
             precision=next(gr.precision for gr in graphs if gr.name == e.graph),
             placeholder_slots=target.placeholder_slots,
@@ -207,6 +208,16 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
         text_encoders=encoders, tokenizers=tokenizers, graphs=tuple(graphs), presets=presets,
         files=file_entries(root), notes=notes,
     )
+
+
+def _output_name(graphs: list[GraphEntry], graph: str, name: str) -> str:
+    """`name` as the graph file has it: Core ML packages rename hidden_states.3 to hidden_states_3."""
+    outputs = {o.name for g in graphs if g.name == graph for o in g.outputs}
+    if name not in outputs:
+        from ralu_export.coreml_export import coreml_name
+
+        return coreml_name(name) if coreml_name(name) in outputs else name
+    return name
 
 
 def _sd3_denoiser_fields(family: FamilySpec, g: Geometry) -> dict:

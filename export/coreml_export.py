@@ -13,6 +13,7 @@ the family's declaration; the manifest records parity as not run."""
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -24,7 +25,7 @@ from ralu_edge.manifest import GraphEntry, TensorSpec
 from ralu_edge.rng import rng_for
 from ralu_export import onnx_export
 from ralu_export.executorch_export import PLACEHOLDER_SLOTS, _example, _methods
-from ralu_export.families import GraphSpec, boundary_module, present
+from ralu_export.families import GraphSpec, boundary_module, expand, present
 from ralu_export.graph_build import example_token_ids, int8_method
 from ralu_export.onnx_files import ParityError
 
@@ -73,7 +74,8 @@ def _package(plan, spec: GraphSpec, module, token_ids, root: Path, int8: bool) -
         for _, function, dims in methods:
             example = _example(plan, spec, dims, rng_for(0, f"coreml-trace-{function}"), token_ids)
             single = Path(tmp) / f"{function}.mlpackage"
-            _convert(module, example, [t.name for t in spec.outputs], int8).save(str(single))
+            outputs = [t.name for t in expand(spec.outputs, plan.geometry.sizes())]
+            _convert(module, example, outputs, int8).save(str(single))
             descriptor.add_function(str(single), src_function_name="main", target_function_name=function)
         descriptor.default_function_name = methods[0][1]
         ct.utils.save_multifunction(descriptor, str(path))
@@ -95,6 +97,11 @@ def _described(path: Path, function: str) -> tuple[list[TensorSpec], list[Tensor
     return specs(description.input), specs(description.output)
 
 
+def coreml_name(name: str) -> str:
+    """The name Core ML gives a tensor called `name` (non-identifier characters become "_")."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
 def _checked_entry(plan, spec: GraphSpec, path: Path, root: Path, method_info, int8: bool) -> GraphEntry:
     """Compare a saved function's I/O with the family's declaration (names and shapes; int64 ids become
     int32 in Core ML) and describe it."""
@@ -105,7 +112,8 @@ def _checked_entry(plan, spec: GraphSpec, path: Path, root: Path, method_info, i
     declared_out = list(onnx_export.tensor_specs(spec.outputs, sizes, dims))
     inputs, outputs = _described(path, function)
     for declared, found in ((declared_in, inputs), (declared_out, outputs)):
-        if [(s.name, s.shape) for s in declared] != [(s.name, s.shape) for s in found]:
+        # Core ML turns characters outside [A-Za-z0-9_] into "_" (optimum's hidden_states.3 -> hidden_states_3).
+        if [(coreml_name(s.name), s.shape) for s in declared] != [(s.name, s.shape) for s in found]:
             raise ParityError(f"{path.name}:{function} has I/O {[(s.name, s.shape) for s in found]} but the family "
                               f"declares {[(s.name, s.shape) for s in declared]}; no bundle was written.")
     return GraphEntry(

@@ -45,7 +45,8 @@ def _methods(plan, spec: GraphSpec) -> list[tuple[str, str, dict[str, int]]]:
     """(graph name, method name, static dims) for each method of a component's program."""
     g = plan.geometry
     if spec.role == "denoiser":
-        return [(f"denoiser_{n}", f"denoise_{n}", {"num_image_tokens": n, "num_rope_tokens": n + g.text_length})
+        return [(f"denoiser_{n}", f"denoise_{n}", {"num_image_tokens": n, "num_rope_tokens": n + g.text_length,
+                                                   **plan.family.static_dims})
                 for n in plan.stage_lengths]
     if spec.role == "text_encoder":
         return [(spec.name, "forward", {"num_placeholders": PLACEHOLDER_SLOTS})]

@@ -197,6 +197,7 @@ class FamilySpec:
     output_order: str = "c_dy_dx"
     guidance_scale: Optional[float] = None
     baseline_schedule: str = "flux_dynamic"
+    static_dims: dict[str, int] = field(default_factory=dict)  # values of dynamic dims in static programs
 
     def graph(self, name: str) -> GraphSpec:
         return next(g for g in self.graphs if g.name == name)
@@ -440,6 +441,7 @@ SD3 = FamilySpec(
     positions="sincos", timestep="sigma_x1000", output_order="dy_dx_c",
     guidance_scale=7.0,  # StableDiffusion3Pipeline's default guidance_scale
     baseline_schedule="sd3_static",
+    static_dims={"batch": 2},  # ExecuTorch / Core ML programs run CFG's [negative, prompt] batch
 )
 
 FAMILIES: dict[str, FamilySpec] = {FLUX.pipeline_class: FLUX, SD3.pipeline_class: SD3}
