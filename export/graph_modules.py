@@ -214,7 +214,10 @@ class ClipProjectionTextEncoder(nn.Module):
         super().__init__()
         self.text_model = text_model.text_model
         self.text_projection = text_model.text_projection
-        self.eos_token_id = int(text_model.config.eos_token_id)
+        config = text_model.config
+        # Configs older than transformers PR #24773 (SD3's and FLUX.1's CLIPs among them) say eos_token_id 2,
+        # and transformers then pools at the argmax id, i.e. <|endoftext|>, the last vocabulary id.
+        self.eos_token_id = int(config.vocab_size - 1 if config.eos_token_id == 2 else config.eos_token_id)
 
     def forward(self, input_ids, placeholder_ids, placeholder_embeds):
         tm = self.text_model

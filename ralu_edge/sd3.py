@@ -103,7 +103,7 @@ def on_full_grid(positions: np.ndarray, grid_h: int, grid_w: int) -> bool:
 
 def crop_offset(grid: SincosGrid, grid_h: int, grid_w: int) -> tuple[int, int]:
     """(top, left) of diffusers' centre crop of a grid_h × grid_w patch grid from the max_size² table
-    (`PatchEmbed.cropped_pos_embed`); UserError-free: a grid larger than the table raises ValueError."""
+    (`PatchEmbed.cropped_pos_embed`); ValueError for a grid larger than the table, as diffusers."""
     if grid_h > grid.max_size or grid_w > grid.max_size:
         raise ValueError(f"a {grid_h}x{grid_w} patch grid exceeds pos_embed_max_size {grid.max_size}")
     return (grid.max_size - grid_h) // 2, (grid.max_size - grid_w) // 2

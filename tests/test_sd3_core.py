@@ -82,3 +82,26 @@ def test_the_core_runs_a_mixed_resolution_stage_two_sequence(transformer):
     # Children of one parent share its token but not its position, so their velocities differ.
     children = velocity[0, -8:-4]
     assert np.abs(children[0] - children[3]).max() > 1e-4
+
+
+@pytest.mark.parametrize("eos_token_id", [2, 99])  # 2: a pre-#24773 config (SD3's, FLUX.1's CLIPs), pooled at argmax
+def test_the_clip_graph_module_equals_transformers_clip_with_projection(eos_token_id):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from ralu_export.graph_modules import ClipProjectionTextEncoder
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                            num_attention_heads=2, max_position_embeddings=16, projection_dim=24,
+                            eos_token_id=eos_token_id, bos_token_id=98, pad_token_id=99)
+    model = CLIPTextModelWithProjection(config).eval()
+    ids = torch.tensor([[98, 5, 17, 40, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99]])
+    with torch.no_grad():
+        expected = model(ids, output_hidden_states=True)
+        text_embeds, last, *hidden = ClipProjectionTextEncoder(model)(ids, torch.zeros(0, dtype=torch.long),
+                                                                      torch.zeros(0, 32))
+    torch.testing.assert_close(text_embeds, expected.text_embeds)
+    torch.testing.assert_close(last, expected.last_hidden_state)
+    assert len(hidden) == len(expected.hidden_states) == 4
+    torch.testing.assert_close(hidden[-2], expected.hidden_states[-2])  # what StableDiffusion3Pipeline uses
