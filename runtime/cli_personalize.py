@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="caption template with {} for the token (repeat; cycled over the images); default 'a {}'")
     p.add_argument("--posterior", choices=("auto", "sample", "mean"), default="auto",
                    help="x0 from a VAE posterior sample per step, the mean, or auto (mean when the posterior is wide)")
+    p.add_argument("--theta-units", choices=("absolute", "table_rms"), default="absolute",
+                   help="optimise the embedding itself (the spec) or per-encoder table-RMS units, which gives "
+                        "encoders of different embedding scale (CLIP vs T5) the same relative lr and mu")
     p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
@@ -68,7 +71,8 @@ def config_from_args(args):
         else PutsConfig()
     zo = ZOConfig(lr=args.lr, mu=args.mu, n=args.queries, subspace_gradient=not args.no_subspace_gradient)
     return PersonalizeConfig(steps=args.steps, seed=args.seed, checkpoint_every=args.checkpoint_every, zo=zo,
-                             puts=puts, captions=tuple(args.caption) or ("a {}",), posterior=args.posterior)
+                             puts=puts, captions=tuple(args.caption) or ("a {}",), posterior=args.posterior,
+                             theta_units=args.theta_units)
 
 
 def main(argv: list[str] | None = None) -> int:
