@@ -20,7 +20,7 @@ from typing import Iterable, Literal
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
 
 QuantMethod = Literal["dynamic", "weight_qdq", "static_qdq"]
 QUANT_METHODS: tuple[str, ...] = ("dynamic", "weight_qdq", "static_qdq")
@@ -54,39 +54,65 @@ def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return chosen
 
 
+def _weight_matmuls_ir(graph: ir.Graph) -> list[ir.Node]:
+    """weight_matmuls on an onnx_ir graph (the same rule)."""
+    inputs = {v.name for v in graph.inputs}
+    chosen = []
+    for node in graph:
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx") or len(node.inputs) < 2:
+            continue
+        weight = node.inputs[1]
+        tensor = weight.const_value if weight is not None and weight.is_initializer() else None
+        if (tensor is not None and weight.name not in inputs and tensor.dtype == ir.DataType.FLOAT
+                and len(tensor.shape) == 2 and tensor.size >= MIN_WEIGHT_ELEMENTS):
+            chosen.append(node)
+    return chosen
+
+
+def _int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of a 2-D weight per channel along `axis` (absmax / 127, zero point 0)."""
+    absmax = np.max(np.abs(weight), axis=1 - axis)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    shape = (1, -1) if axis == 1 else (-1, 1)
+    return np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
+def _quantize_weight_qdq_ir(model: ir.Model) -> ir.Model:
+    """weight_qdq on an onnx_ir model, in place: one weight at a time, so a model whose float weights are views
+    of torch parameters (onnx_export) never holds a float copy of them; the int8 weights are new (1/4 size)."""
+    graph = model.graph
+    done: dict[tuple[str, int], ir.Value] = {}
+    dequantize_nodes = []
+    for node in _weight_matmuls_ir(graph):
+        trans_b = node.attributes.get("transB")
+        axis = 0 if node.op_type == "Gemm" and trans_b is not None and trans_b.as_int() else 1
+        weight = node.inputs[1]
+        name = weight.name
+        if (name, axis) not in done:
+            q, scale = _int8_per_channel(np.asarray(weight.const_value.numpy(), dtype=np.float32), axis)
+            values = []
+            for suffix, array in (("int8", q), ("scale", scale), ("zero_point", np.zeros_like(scale, np.int8))):
+                value = ir.Value(name=f"{name}_{suffix}", shape=ir.Shape(array.shape),
+                                 type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                                 const_value=ir.tensor(array, name=f"{name}_{suffix}"))
+                graph.register_initializer(value)
+                values.append(value)
+            dq = ir.node("DequantizeLinear", values, attributes={"axis": axis}, name=f"{name}_dequantize",
+                         outputs=[ir.Value(name=f"{name}_dequantized")])
+            dequantize_nodes.append(dq)
+            done[(name, axis)] = dq.outputs[0]
+        node.replace_input_with(1, done[(name, axis)])
+        if not weight.uses() and name in graph.initializers:
+            graph.initializers.pop(name)
+    if dequantize_nodes:  # DequantizeLinear reads only initializers: first in the graph is topological
+        graph.insert_before(next(iter(graph)), dequantize_nodes)
+    return model
+
+
 def quantize_weight_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model` whose weight MatMul/Gemm inputs are int8 per output channel behind DequantizeLinear
     (MatMul B [K, N]: channel axis 1; Gemm with transB=1, B [N, K]: axis 0)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    initializers = {t.name: t for t in model.graph.initializer}
-    done: dict[tuple[str, int], str] = {}
-    new_nodes, new_inits = [], []
-    for node in weight_matmuls(model):
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        axis = 0 if node.op_type == "Gemm" and trans_b else 1
-        name = node.input[1]
-        if (name, axis) not in done:
-            weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
-            absmax = np.max(np.abs(weight), axis=1 - axis)
-            scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-            shape = (1, -1) if axis == 1 else (-1, 1)
-            q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
-            new_inits += [numpy_helper.from_array(q, f"{name}_int8"),
-                          numpy_helper.from_array(scale, f"{name}_scale"),
-                          numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point")]
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale",
-                                                                   f"{name}_zero_point"],
-                                              [f"{name}_dequantized"], name=f"{name}_dequantize", axis=axis))
-            done[(name, axis)] = f"{name}_dequantized"
-        node.input[1] = done[(name, axis)]
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [t for t in model.graph.initializer if t.name in used or t.name in {i.name for i in model.graph.input}]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept + new_inits)
-    nodes = list(model.graph.node)
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes + nodes)  # DequantizeLinear nodes read only initializers: topological
-    return model
+    return ir.serde.serialize_model(_quantize_weight_qdq_ir(ir.from_proto(model)))
 
 
 @contextlib.contextmanager
@@ -130,18 +156,16 @@ def _ort_quantize(model: onnx.ModelProto, method: QuantMethod,
         return onnx.load_model(str(dst), load_external_data=True)
 
 
-def quantize(model, method: QuantMethod,
-             calibration: Iterable[dict[str, np.ndarray]] | None = None) -> onnx.ModelProto:
-    """The int8 variant of `model` (an onnx.ModelProto or onnx_ir Model, weights in memory) by `method`; the
-    input is not modified. An IR model is serialized to a proto first: quantization holds the float weights
-    as a proto beside the module, which is fine for the text encoders and for denoisers under 2 GB (a larger
-    int8 denoiser is not supported; see docs/real-checkpoints.md)."""
-    if not isinstance(model, onnx.ModelProto):
-        import onnx_ir as ir
-
-        model = ir.serde.serialize_model(model)
+def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndarray]] | None = None):
+    """The int8 variant of `model` by `method`. An onnx.ModelProto is not modified and a ModelProto is
+    returned. An onnx_ir Model (onnx_export.export_graph: weights are views of torch parameters) is quantized
+    in place by weight_qdq, one weight at a time, which is what keeps int8 exports of multi-GB denoisers
+    within memory; the ORT quantizers ("dynamic", "static_qdq") take a proto of the whole float model, so
+    with an IR model they serialize it first (fine for the text encoders, not for weights beyond 2 GB)."""
     if method == "weight_qdq":
-        return quantize_weight_qdq(model)
+        return quantize_weight_qdq(model) if isinstance(model, onnx.ModelProto) else _quantize_weight_qdq_ir(model)
+    if not isinstance(model, onnx.ModelProto):
+        model = ir.serde.serialize_model(model)
     if method in ("dynamic", "static_qdq"):
         return _ort_quantize(model, method, calibration)
     raise ValueError(f"unknown quantization method {method!r}; choose one of {QUANT_METHODS}")
