@@ -104,16 +104,18 @@ def _ms(values) -> dict:
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(a.size)}
 
 
-def run_speed(path: Path, prompts, repeats: int, threads: int) -> dict:
-    """Interleaved timing of every mode; returns per-mode samples and summaries."""
+def run_speed(path: Path, prompts, repeats: int, threads: int, baseline_steps: int = BASE_STEPS,
+              modes: tuple[str, ...] | None = None) -> dict:
+    """Interleaved timing of every mode (default MODES; those the bundle has) against a `baseline_steps` baseline;
+    returns per-mode samples and summaries (benchmarks/bench_checkpoint.py passes the family's baseline)."""
     from ralu_edge.sampler import baseline_image_token_steps, image_token_steps
     from ralu_runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(path, threads=threads)
     gh, gw = pipe.grid
-    modes = [m for m in MODES if m in pipe.modes]
+    modes = [m for m in (modes or MODES) if m in pipe.modes]
     for mode in modes:  # warm-up: every token length once (ORT allocates per new shape)
-        pipe(prompts[0], mode=mode, steps=3 if mode == "baseline" else BASE_STEPS, seed=12345)
+        pipe(prompts[0], mode=mode, steps=3 if mode == "baseline" else baseline_steps, seed=12345)
     samples = {m: [] for m in modes}
     runs = 0
     for rep in range(repeats):
@@ -121,12 +123,12 @@ def run_speed(path: Path, prompts, repeats: int, threads: int) -> dict:
             seed = 1000 * rep + p_i
             shift = runs % len(modes)
             for mode in modes[shift:] + modes[:shift]:
-                stats = pipe(prompt, mode=mode, steps=BASE_STEPS, seed=seed).stats
+                stats = pipe(prompt, mode=mode, steps=baseline_steps, seed=seed).stats
                 samples[mode].append({"prompt": p_i, "seed": seed, **stats.to_dict()})
                 print(f"  {mode:<9} p{p_i} s{seed} loop {stats.seconds_denoise * 1e3:8.1f} ms",
                       file=sys.stderr, flush=True)
             runs += 1
-    base_steps = baseline_image_token_steps(BASE_STEPS, gh, gw)
+    base_steps = baseline_image_token_steps(baseline_steps, gh, gw)
     summary = {}
     base_loop = np.median([s["seconds_denoise"] for s in samples["baseline"]])
     base_total = np.median([s["seconds_total"] for s in samples["baseline"]])
@@ -141,7 +143,7 @@ def run_speed(path: Path, prompts, repeats: int, threads: int) -> dict:
                "host_share_max": float(np.max([s["host_share_denoise"] for s in ss])),
                "nfe": ss[0]["nfe"], "image_token_steps": ss[0]["image_token_steps"]}
         if mode == "baseline":
-            row["per_call_ms"] = {str(gh * gw): float(loop / BASE_STEPS * 1e3)}
+            row["per_call_ms"] = {str(gh * gw): float(loop / baseline_steps * 1e3)}
         else:
             preset = pipe.preset_for_mode(mode)
             lengths = preset.stage_lengths(gh, gw)
@@ -487,8 +489,9 @@ def markdown(doc: dict) -> str:
                   f"({b['grid'][0]}x{b['grid'][1]} tokens), bundle {b['bundle_id']}")
         md.append("")
         run = r.get("run", {"prompts": doc["prompts"], "repeats": doc["repeats"], "environment": env})
-        md.append(f"{len(run['prompts'])} prompts x {run['repeats']} repeats; load average at start "
-                  f"{run['environment']['load_average_at_start'][0]:.1f} on {run['environment']['cores']} cores.")
+        md.append(f"{len(run['prompts'])} prompts x {run['repeats']} repeats; {run['environment']['threads']} ORT "
+                  f"threads; load average at start {run['environment']['load_average_at_start'][0]:.1f} on "
+                  f"{run['environment']['cores']} cores.")
         md.append("")
         for label, ok, detail in checks(r):
             md.append(f"- [{'x' if ok else ' '}] {label}: **{'met' if ok else 'MISSED'}** — {detail}")
@@ -641,7 +644,9 @@ def main(argv: list[str] | None = None) -> int:
         name, path = spec.split("=", 1)
         path = Path(path)
         print(f"bundle {name}: speed", file=sys.stderr, flush=True)
-        r = {"bundle": bundle_info(path), "speed": run_speed(path, prompts, args.repeats, args.threads)}
+        r = {"bundle": bundle_info(path), "threads": args.threads,
+             "run": {"prompts": list(prompts), "repeats": args.repeats, "environment": environment(args.threads)},
+             "speed": run_speed(path, prompts, args.repeats, args.threads)}
         lengths = sorted({int(L) for row in r["speed"]["summary"].values() for L in row["per_call_ms"]})
         print(f"bundle {name}: per-call profile at {lengths} tokens", file=sys.stderr, flush=True)
         r["per_call"] = run_per_call(path, args.threads, lengths)
