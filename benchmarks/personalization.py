@@ -146,6 +146,7 @@ def worker_zo(args) -> dict:
     pers = Personalizer.from_bundle(args.bundle, threads=args.threads)
     size = pers.resolution.height
     images = reference_images(exp or EXPERIMENTS["shape"], size)
+    pers.load()  # the denoiser session (ORT opens it lazily), so the baseline includes the model as TI's does
     base_rss = rss_now_mb()
     if args.worker == "init":
         theta0 = pers.init_embeddings(init)

@@ -95,6 +95,12 @@ class Personalizer:
     def from_bundle(cls, path: str | Path, *, threads: int = 0) -> "Personalizer":
         return cls(open_bundle(path), SessionConfig(threads=threads))
 
+    def load(self) -> None:
+        """Open the full-resolution denoiser session now rather than at the first step (ORT sessions open lazily),
+        e.g. to measure memory after model load. The text encoders open in `fit`."""
+        res = self.resolution
+        self.denoiser._session(res.grid_height * res.grid_width)
+
     # ------------------------------------------------------------------------------------------ setup
 
     def init_embeddings(self, init_word: str) -> dict[str, np.ndarray]:
