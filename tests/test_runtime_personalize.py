@@ -79,3 +79,24 @@ def test_cli_rejects_a_broken_image_and_writes_nothing(desktop_bundle, tmp_path)
     assert done.returncode == 2
     assert "a.png: not a readable image" in done.stderr.strip().splitlines()[-1]
     assert list(tmp_path.iterdir()) == [images]
+
+
+def test_table_rms_units_scale_each_encoders_step_by_its_table(personalizer):
+    """theta_units="table_rms": the optimiser works in θ / (per-encoder table RMS), so one lr moves each encoder's
+    row by the same share of its own table's scale (CLIP rows are ~50x smaller than T5 rows in this model)."""
+    from safetensors.numpy import load_file
+
+    scale = personalizer.theta_scale("table_rms")
+    encoders = personalizer.bundle.manifest.text_encoders
+    for e, part in zip(encoders, np.split(scale, np.cumsum([x.hidden_size for x in encoders])[:-1])):
+        table = load_file(str(personalizer.bundle.path(e.token_embeddings)))["weight"].astype(np.float64)
+        assert np.allclose(part, np.sqrt(np.mean(table ** 2)), rtol=1e-6)
+    assert np.array_equal(personalizer.theta_scale("absolute"), np.ones_like(scale))
+    init = personalizer.init_embeddings("square")
+    config = PersonalizeConfig(steps=1, seed=3, theta_units="table_rms", zo=ZOConfig(lr=1e-2))
+    moved = personalizer.fit(_renders(1), "<blob>", "square", config).embeddings
+    for e, part in zip(encoders, np.split(scale, np.cumsum([x.hidden_size for x in encoders])[:-1])):
+        step = np.abs(moved[e.name] - init[e.name])  # Adam's first step is lr·sign(g) per coordinate, in units
+        assert 0 < step.max() <= 1e-2 * part[0] * (1 + 1e-4)
+    with pytest.raises(UserError, match="theta_units"):
+        PersonalizeConfig(theta_units="relative")
