@@ -78,8 +78,10 @@ def _int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.nda
 
 
 def _quantize_weight_qdq_ir(model: ir.Model) -> ir.Model:
-    """weight_qdq on an onnx_ir model, in place: one weight at a time, so a model whose float weights are views
-    of torch parameters (onnx_export) never holds a float copy of them; the int8 weights are new (1/4 size)."""
+    """weight_qdq of an onnx_ir model: a clone (new nodes and values, the same tensor objects, so no weight is
+    copied) quantized one weight at a time; a model whose float weights are views of torch parameters
+    (onnx_export) never holds a float copy of them. The int8 weights are new (1/4 size)."""
+    model = model.clone()
     graph = model.graph
     done: dict[tuple[str, int], ir.Value] = {}
     dequantize_nodes = []
@@ -157,11 +159,11 @@ def _ort_quantize(model: onnx.ModelProto, method: QuantMethod,
 
 
 def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndarray]] | None = None):
-    """The int8 variant of `model` by `method`. An onnx.ModelProto is not modified and a ModelProto is
-    returned. An onnx_ir Model (onnx_export.export_graph: weights are views of torch parameters) is quantized
-    in place by weight_qdq, one weight at a time, which is what keeps int8 exports of multi-GB denoisers
-    within memory; the ORT quantizers ("dynamic", "static_qdq") take a proto of the whole float model, so
-    with an IR model they serialize it first (fine for the text encoders, not for weights beyond 2 GB)."""
+    """The int8 variant of `model` (an onnx.ModelProto or an onnx_ir Model) by `method`; the input is not
+    modified. weight_qdq of an IR model (onnx_export.export_graph: weights are views of torch parameters)
+    returns an IR model and works one weight at a time, which is what keeps int8 exports of multi-GB
+    denoisers within memory; the ORT quantizers ("dynamic", "static_qdq") take a proto of the whole float
+    model, so an IR model is serialized first (fine for the text encoders, not for weights beyond 2 GB)."""
     if method == "weight_qdq":
         return quantize_weight_qdq(model) if isinstance(model, onnx.ModelProto) else _quantize_weight_qdq_ir(model)
     if not isinstance(model, onnx.ModelProto):

@@ -166,3 +166,31 @@ def test_the_lean_loader_maps_shards_and_casts_bf16_to_float32(tiny_flux, tmp_pa
     save_file({**{k: v.clone() for k, v in tensors.items()}, "not_a_parameter": torch.zeros(2)}, str(shard))
     index.write_text(json.dumps(data))
     assert load_model_lean(FluxTransformer2DModel, tmp_path / "bf16") is None  # diffusers' loader decides
+
+
+def test_weight_only_int8_of_an_exported_graph_replaces_its_float_weights(tiny_flux, tmp_path):
+    from ralu_export import examples, onnx_export
+    from ralu_export.families import FLUX, boundary_module, flux_geometry
+    from ralu_export.models import load_flux_pipeline
+    from ralu_export.onnx_files import compare_outputs
+    from ralu_export.quantize import SESSION_CONFIG, quantize
+    from ralu_edge.rng import rng_for
+
+    pipe = load_flux_pipeline(str(tiny_flux))
+    spec, geometry = FLUX.graph("denoiser"), flux_geometry(tiny_flux, 64, 64)
+    module = boundary_module(spec, pipe)
+    example = examples.example_inputs(spec, geometry, examples.trace_case(geometry), rng_for(0, "q"), {})
+    model = onnx_export.export_graph(spec, FLUX, module, example, geometry.sizes())
+    float_bytes = onnx_files.initializer_bytes(model)
+    quantized = quantize(model, "weight_qdq")
+    assert isinstance(quantized, ir.Model) and onnx_files.initializer_bytes(model) == float_bytes  # input intact
+    dequantized = [n for n in quantized.graph if n.op_type == "DequantizeLinear"]
+    matmul_weights = [n.inputs[1] for n in quantized.graph if n.op_type in ("MatMul", "Gemm")]
+    assert dequantized and not any(w.is_initializer() and w.const_value.dtype == ir.DataType.FLOAT and
+                                   w.const_value.size >= 256 for w in matmul_weights if w is not None)
+    assert onnx_files.initializer_bytes(quantized) < 0.5 * float_bytes
+    (tmp_path / "q").mkdir()
+    save_sharing_weights([(quantized, tmp_path / "q" / "denoiser.onnx")], tmp_path / "q" / "model.onnx_data")
+    run = ort_runner(tmp_path / "q" / "denoiser.onnx", config=SESSION_CONFIG["weight_qdq"])
+    got = run({k: v.numpy() for k, v in example.items()})[0]
+    assert compare_outputs([(got, onnx_export.torch_outputs(module, example)[0])]).cosine >= FLUX.tolerances.int8_cosine
