@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 ORT_MAX_BYTES = 2 * 1024**3
@@ -40,17 +41,37 @@ def stays_onnx(path: Path, data_files: list[Path], limit_bytes: int = ORT_MAX_BY
     return onnx_bytes(path, data_files) >= limit_bytes
 
 
-def _usability_skipped(path: Path) -> str:
-    return (f"Mobile usability analysis skipped for {path.name}: onnxruntime's checker loads the whole model "
-            "into memory (and optimizes a second copy), several times the weights. The graph has the same "
-            "operators as the smaller exports of this family. To run it on a machine with the memory: "
-            f"python -m onnxruntime.tools.check_onnx_model_mobile_usability {path.name}\n")
+WEIGHTLESS_NOTE = ("Analysed on the graph's structure without its weights and without ORT's basic optimization "
+                   "pass: onnxruntime's checker loads the whole model (and optimizes a second copy), several "
+                   "times the weights of a graph over 2 GB. Operator support does not depend on the weights.\n")
 
 
-def usability_report(path: Path) -> str:
-    """onnxruntime's mobile usability analysis of one .onnx graph, as the text its CLI prints."""
+def _weightless_copy(path: Path, folder: Path) -> Path:
+    """The graph at `path` with its external initializers emptied (shapes and types kept), in `folder`."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+    copy = folder / path.name
+    onnx.save_model(model, str(copy))
+    return copy
+
+
+def usability_report(path: Path, weightless: bool = False) -> str:
+    """onnxruntime's mobile usability analysis of one .onnx graph, as the text its CLI prints; `weightless`
+    analyses a copy without the weights (graphs too big to load twice; WEIGHTLESS_NOTE)."""
     from onnxruntime.tools.mobile_helpers import usability_checker
 
+    if weightless:
+        with tempfile.TemporaryDirectory(prefix="ralu-usability-") as tmp:
+            return WEIGHTLESS_NOTE + _analysis(usability_checker, _weightless_copy(path, Path(tmp)), True)
+    return _analysis(usability_checker, path, False)
+
+
+def _analysis(usability_checker, path: Path, skip_optimize: bool) -> str:
     stream = io.StringIO()
     logger = logging.getLogger(f"ralu_export.usability.{path.stem}")
     logger.propagate = False
@@ -60,7 +81,7 @@ def usability_report(path: Path) -> str:
     logger.setLevel(logging.INFO)
     try:
         with contextlib.redirect_stdout(stream):
-            try_eps = usability_checker.analyze_model(path, skip_optimize=False, logger=logger)
+            try_eps = usability_checker.analyze_model(path, skip_optimize=skip_optimize, logger=logger)
     finally:
         logger.removeHandler(handler)
     stream.write("NNAPI / CoreML EP may help; compare with the CPU EP on device.\n" if try_eps
@@ -95,7 +116,7 @@ def convert_folder(root: Path, graphs: dict[str, tuple[Path, list[Path]]],
     too_big = {name for name, (path, data) in graphs.items() if stays_onnx(path, data, limit_bytes)}
     (root / USABILITY_FOLDER).mkdir(exist_ok=True)
     for name, (path, _) in graphs.items():
-        report = _usability_skipped(path) if name in too_big else usability_report(path)
+        report = usability_report(path, weightless=name in too_big)
         (root / USABILITY_FOLDER / f"{name}.txt").write_text(report)
     hidden = {name: graphs[name][0].with_name(graphs[name][0].name + ".staged") for name in too_big}
     for name, path in hidden.items():  # the converter takes every *.onnx under root (os.walk, hidden folders
