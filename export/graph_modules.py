@@ -92,6 +92,14 @@ def injected_embeddings(table: torch.Tensor, input_ids: torch.Tensor, placeholde
     return torch.where(match.sum(dim=-1, keepdim=True) > 0, extra, base)
 
 
+def clip_pool_token_id(config) -> int:
+    """The id CLIP pools at. Configs older than transformers PR #24773 (FLUX.1's and SD3's CLIPs among them)
+    say eos_token_id 2, and transformers then pools at the argmax id, i.e. <|endoftext|>, the last vocabulary
+    id; the graphs pool at the first occurrence of that id instead of the argmax, which a new token's id
+    could win."""
+    return int(config.vocab_size - 1 if config.eos_token_id == 2 else config.eos_token_id)
+
+
 class ClipTextEncoder(nn.Module):
     """transformers CLIPTextModel with injectable embeddings: (input_ids [1, T] int64, placeholder_ids [P]
     int64, placeholder_embeds [P, D] float32) -> (last_hidden_state [1, T, D], pooler_output [1, D]).
@@ -100,7 +108,7 @@ class ClipTextEncoder(nn.Module):
     def __init__(self, text_model: nn.Module):
         super().__init__()
         self.text_model = text_model.text_model
-        self.eos_token_id = int(text_model.config.eos_token_id)
+        self.eos_token_id = clip_pool_token_id(text_model.config)
 
     def forward(self, input_ids, placeholder_ids, placeholder_embeds):
         tm = self.text_model
@@ -214,10 +222,7 @@ class ClipProjectionTextEncoder(nn.Module):
         super().__init__()
         self.text_model = text_model.text_model
         self.text_projection = text_model.text_projection
-        config = text_model.config
-        # Configs older than transformers PR #24773 (SD3's and FLUX.1's CLIPs among them) say eos_token_id 2,
-        # and transformers then pools at the argmax id, i.e. <|endoftext|>, the last vocabulary id.
-        self.eos_token_id = int(config.vocab_size - 1 if config.eos_token_id == 2 else config.eos_token_id)
+        self.eos_token_id = clip_pool_token_id(text_model.config)
 
     def forward(self, input_ids, placeholder_ids, placeholder_embeds):
         tm = self.text_model

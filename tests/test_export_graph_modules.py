@@ -91,3 +91,20 @@ def test_vae_encoder_returns_optimum_moments_and_the_normalised_mean(pipe):
     expected = pipe.vae.encode(image).latent_dist.mean
     torch.testing.assert_close(parameters[:, :4], expected)
     torch.testing.assert_close(mean, (expected - config.shift_factor) * config.scaling_factor)
+
+
+@pytest.mark.parametrize("eos_token_id", [2, 99])  # 2: a pre-#24773 config, as FLUX.1's CLIP-L ships
+def test_the_flux_clip_module_pools_where_transformers_does(eos_token_id):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=16, eos_token_id=eos_token_id,
+                            bos_token_id=98, pad_token_id=99)
+    model = CLIPTextModel(config).eval()
+    ids = torch.tensor([[98, 5, 17, 40, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99]])
+    with torch.no_grad():
+        expected = model(ids)
+        hidden, pooled = gm.ClipTextEncoder(model)(ids, torch.zeros(0, dtype=torch.long), torch.zeros(0, 32))
+    torch.testing.assert_close(hidden, expected.last_hidden_state)
+    torch.testing.assert_close(pooled, expected.pooler_output)
