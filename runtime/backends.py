@@ -133,6 +133,13 @@ class OrtSd3Denoiser:
         self._sessions.clear()
 
 
+def open_denoiser(bundle: Bundle, config: SessionConfig, clock: RunClock):
+    """The seam over the bundle's denoiser: host RoPE tables (FLUX) or per-token sin-cos position embeddings
+    (SD3-class, `denoiser.positions == "sincos"`). Generation and personalization both open it here."""
+    sincos = bundle.manifest.denoiser.positions == "sincos"
+    return (OrtSd3Denoiser if sincos else OrtDenoiser)(bundle, config, clock)
+
+
 @dataclass
 class LearnedTokens:
     """Learned embeddings per token: {token: {text_encoder_name: [hidden] float32}}."""

@@ -22,7 +22,7 @@ from ralu_edge.errors import UserError
 from ralu_edge.tokens import grid_positions, pack_latents
 from ralu_edge.zo.optimizer import ZOConfig, ZOState, init_state, zo_step
 from ralu_edge.zo.timesteps import PutsConfig, draw_step, flow_matching_pair, posterior_latents
-from ralu_runtime.backends import LearnedTokens, OrtDenoiser, OrtTextEncoders, OrtVae, RunClock
+from ralu_runtime.backends import LearnedTokens, OrtTextEncoders, OrtVae, RunClock, open_denoiser
 from ralu_runtime.bundle import Bundle, open_bundle
 from ralu_runtime.embeddings import save_learned_embeds
 from ralu_runtime.sessions import SessionConfig
@@ -86,7 +86,7 @@ class Personalizer:
         self.bundle, self.session_config = bundle, config
         self.clock = RunClock()
         self.vae = OrtVae(bundle, config, self.clock, encoder=True)
-        self.denoiser = OrtDenoiser(bundle, config, self.clock)
+        self.denoiser = open_denoiser(bundle, config, self.clock)
         res = bundle.manifest.resolutions[0]
         self.resolution = res
         self.channels = bundle.manifest.vae.latent_channels

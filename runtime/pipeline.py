@@ -23,7 +23,7 @@ from ralu_edge.sampler import (
 from ralu_edge.schedules import flux_baseline_sigmas, sd3_baseline_sigmas
 from ralu_edge.sd3 import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.tokens import unpack_latents
-from ralu_runtime.backends import LearnedTokens, OrtDenoiser, OrtSd3Denoiser, OrtTextEncoders, OrtVae, RunClock
+from ralu_runtime.backends import LearnedTokens, OrtTextEncoders, OrtVae, RunClock, open_denoiser
 from ralu_runtime.bundle import Bundle, open_bundle
 from ralu_runtime.embeddings import load_learned_embeds
 from ralu_runtime.images import latent_image_to_uint8
@@ -67,8 +67,7 @@ class Pipeline:
         self.bundle = bundle
         self.clock = RunClock()
         self.text = OrtTextEncoders(bundle, config, self.clock, learned)
-        sincos = bundle.manifest.denoiser.positions == "sincos"
-        self.denoiser = (OrtSd3Denoiser if sincos else OrtDenoiser)(bundle, config, self.clock)
+        self.denoiser = open_denoiser(bundle, config, self.clock)
         self.vae = OrtVae(bundle, config, self.clock)
         res = bundle.manifest.resolutions[0]
         self.grid = (res.grid_height, res.grid_width)

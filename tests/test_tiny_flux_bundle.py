@@ -104,3 +104,24 @@ def test_optimum_opens_the_desktop_bundle_and_generates_the_diffusers_image(bund
         PROMPT, generator=torch.Generator().manual_seed(0), **kwargs).images
     assert got.shape == (1, 128, 128, 3)
     assert np.abs(got - expected).max() < 1e-3
+
+
+def test_ralu_personalize_learns_a_token_on_the_android_bundle_that_ralu_run_then_uses(bundles, tmp_path):
+    from PIL import Image
+    from safetensors.numpy import load_file
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    learned = tmp_path / "learned_embeds.safetensors"
+    done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(bundles("android")),
+                           "--images", str(images), "--token", "<obj>", "--init-word", "square", "--steps", "2",
+                           "--threads", "1", "--out", str(learned), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(load_file(str(learned))) == {"clip_l", "t5"}
+    run = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", "--bundle", str(bundles("android")),
+                          "--prompt", "a <obj> on the left", "--mode", "ralu-4x", "--embeddings", str(learned),
+                          "--threads", "1", "--out", str(tmp_path / "out"), "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
