@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a side-by-side grid of baseline and every RALU mode for the same seed")
     p.add_argument("--height", type=int, default=None, help="image height; must be a resolution of the bundle")
     p.add_argument("--width", type=int, default=None, help="image width; must be a resolution of the bundle")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale for bundles that use CFG (SD3; default 7.0 as diffusers); "
+                        "FLUX bundles are guidance-distilled and reject it")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     p.add_argument("--json", action="store_true", help="print one JSON object with paths and stats")
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             if mode not in pipe.modes:
                 raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
+        scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
         args.out.mkdir(parents=True, exist_ok=True)
         results = []
         for i, prompt in enumerate(prompts):
@@ -65,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
                 total = args.steps if mode == "baseline" else pipe.preset_for_mode(mode).nfe
                 bar, on_step = _progress(total, args.no_progress)
                 res = pipe(prompt, mode=mode, steps=args.steps, seed=seed, edge_proxy=args.edge_proxy,
-                           on_step=on_step)
+                           on_step=on_step, guidance_scale=args.guidance_scale)
                 bar.close()
                 fields = {"Mode": mode, "Steps": res.stats.nfe, "Seed": seed, "Size": "x".join(
                     map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
-                    "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge"}
+                    "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
+                    **({"CFG scale": scale} if scale is not None else {})}
                 path = save_png(args.out / f"{i:03d}-{mode}-seed{seed}.png", res.image, parameters_text(prompt, fields))
                 row.append(res.image)
                 st = res.stats

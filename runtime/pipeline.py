@@ -120,7 +120,7 @@ class Pipeline:
         self.check_prompt(prompt)
         if mode == "baseline" and steps < 1:
             raise UserError(f"--steps must be at least 1, got {steps}.")
-        scale = self._guidance_scale(guidance_scale)
+        scale = self.check_guidance_scale(guidance_scale)
         started = time.perf_counter()
         cond = self.text.encode(prompt)
         denoiser = self.denoiser
@@ -140,7 +140,8 @@ class Pipeline:
         stats.seconds_decode, stats.seconds_total = done - t_denoise, done - started
         return GenerationResult(image, stats)
 
-    def _guidance_scale(self, requested: float | None) -> float | None:
+    def check_guidance_scale(self, requested: float | None) -> float | None:
+        """The CFG scale a call will use (None for bundles without CFG); refuses a bad request."""
         default = self.bundle.manifest.denoiser.guidance_scale
         if requested is None:
             return default

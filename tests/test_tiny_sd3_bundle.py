@@ -125,11 +125,17 @@ def test_ralu_presets_run_through_the_runtime_and_match_the_torch_reference(desk
 
 def test_ralu_run_generates_from_an_sd3_bundle(desktop, tmp_path):
     done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", "--bundle", str(desktop), "--prompt", PROMPT,
-                           "--mode", "ralu-3x", "--threads", "1", "--out", str(tmp_path), "--json"],
-                          capture_output=True, text=True)
+                           "--mode", "ralu-3x", "--threads", "1", "--out", str(tmp_path), "--json",
+                           "--guidance-scale", "4.5"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["mode"] == "ralu-3x" and result["nfe"] == 12 and os.path.isfile(result["out"])
+    from PIL import Image
+
+    assert "CFG scale: 4.5" in Image.open(result["out"]).text["parameters"]
+    bad = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", "--bundle", str(desktop), "--prompt", PROMPT,
+                          "--guidance-scale", "0.5", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "guidance scale 0.5 is below 1" in bad.stderr and not (tmp_path / "bad").exists()
 
 
 def test_optimum_opens_the_desktop_bundle_and_generates_what_diffusers_does(desktop, reference):
