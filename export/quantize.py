@@ -69,18 +69,31 @@ def _weight_matmuls_ir(graph: ir.Graph) -> list[ir.Node]:
     return chosen
 
 
-def _int8_per_channel(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 of a 2-D weight per channel along `axis` (absmax / 127, zero point 0)."""
+def _channel_scale(weight: np.ndarray, axis: int) -> np.ndarray:
+    """Symmetric int8 scale per channel along `axis` of a 2-D weight: absmax / 127 (1 for all-zero channels)."""
     absmax = np.max(np.abs(weight), axis=1 - axis)
-    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    return np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+
+
+def _int8(weight: np.ndarray, scale: np.ndarray, axis: int) -> np.ndarray:
     shape = (1, -1) if axis == 1 else (-1, 1)
-    return np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+    return np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+
+
+def _lazy_int8(source, scale: np.ndarray, axis: int, name: str) -> ir.LazyTensor:
+    """The int8 weight as a tensor computed when it is read (saving reads one tensor at a time), so an export
+    never holds all int8 weights beside the float ones."""
+    def compute():
+        return ir.tensor(_int8(np.asarray(source.numpy(), dtype=np.float32), scale, axis), name=name)
+
+    return ir.LazyTensor(compute, dtype=ir.DataType.INT8, shape=ir.Shape(source.shape), name=name)
 
 
 def _quantize_weight_qdq_ir(model: ir.Model) -> ir.Model:
     """weight_qdq of an onnx_ir model: a clone (new nodes and values, the same tensor objects, so no weight is
     copied) quantized one weight at a time; a model whose float weights are views of torch parameters
-    (onnx_export) never holds a float copy of them. The int8 weights are new (1/4 size)."""
+    (onnx_export) never holds a float copy of them, and the int8 weights are computed when read (saving),
+    one at a time. The float weights must stay alive until then."""
     model = model.clone()
     graph = model.graph
     done: dict[tuple[str, int], ir.Value] = {}
@@ -91,12 +104,14 @@ def _quantize_weight_qdq_ir(model: ir.Model) -> ir.Model:
         weight = node.inputs[1]
         name = weight.name
         if (name, axis) not in done:
-            q, scale = _int8_per_channel(np.asarray(weight.const_value.numpy(), dtype=np.float32), axis)
+            source = weight.const_value
+            scale = _channel_scale(np.asarray(source.numpy(), dtype=np.float32), axis)
+            tensors = (_lazy_int8(source, scale, axis, f"{name}_int8"), ir.tensor(scale, name=f"{name}_scale"),
+                       ir.tensor(np.zeros_like(scale, np.int8), name=f"{name}_zero_point"))
             values = []
-            for suffix, array in (("int8", q), ("scale", scale), ("zero_point", np.zeros_like(scale, np.int8))):
-                value = ir.Value(name=f"{name}_{suffix}", shape=ir.Shape(array.shape),
-                                 type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                                 const_value=ir.tensor(array, name=f"{name}_{suffix}"))
+            for tensor in tensors:
+                value = ir.Value(name=tensor.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                                 const_value=tensor)
                 graph.register_initializer(value)
                 values.append(value)
             dq = ir.node("DequantizeLinear", values, attributes={"axis": axis}, name=f"{name}_dequantize",
