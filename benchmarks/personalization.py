@@ -482,7 +482,8 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     if args.large_flux:
-        report = {"benchmark": "personalization-large-flux", "issue": 6, "environment": environment(None, args.threads),
+        env_info = environment(None, args.threads)
+        report = {"benchmark": "personalization-large-flux", "issue": 6, "environment": env_info,
                   **run_large_flux(args, env)}
         report["total_seconds"] = time.perf_counter() - t_start
         report["environment"]["load_average_at_end"] = list(os.getloadavg())
@@ -497,6 +498,7 @@ def main() -> int:
         return 0
 
     ensure_bundle(args.bundle, "shapes", env)
+    env_info = environment(args.bundle, args.threads)  # before the fits: its load average is the one at start
     names = ["colour"] if q else [n.strip() for n in args.experiments.split(",") if n.strip()]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
@@ -521,7 +523,7 @@ def main() -> int:
         "zo_torch_imported": by["zo"]["torch_imported"],
         "settings": {"theta_units": args.theta_units, "zo_lr": args.zo_lr, "ti_lr": args.ti_lr, "puts_sigma_shift": PUTS_SHIFT,
                      "generation_steps": GEN_STEPS, "seed": args.seed},
-        "environment": environment(args.bundle, args.threads),
+        "environment": env_info,
         "experiments": {n: {k: v for k, v in e.items() if not k.startswith("_")} for n, e in experiments.items()},
     }
     report["total_seconds"] = time.perf_counter() - t_start
