@@ -23,10 +23,10 @@ STAYS_ONNX_NOTE = (
 
 # benchmarks/bench_large_weights.py (results/large_weights.json), 2.69 GB FLUX denoiser, ORT 1.32 CPU EP: with
 # prepacking (ORT's default) the session copies every MatMul weight into packed anonymous memory (RssAnon 2.6 GB
-# after a step, 3.7 s to load); without it the weights stay memory-mapped from model.onnx_data (RssAnon 0.08 GB,
-# RssFile 2.6 GB, 0.3 s to load). Peak RSS is the same (1.05x the weights) and the step time within this shared
-# machine's noise (2.34 vs 2.56 s at 64 tokens). Clean file-backed pages are what a phone can reclaim under memory
-# pressure instead of killing the app, so graphs that stay .onnx on android run without prepacking; desktop
+# after a step, 2.5 s to load); without it the weights stay memory-mapped from model.onnx_data (RssAnon 0.08 GB,
+# RssFile 2.6 GB, 0.1 s to load). Peak RSS is the same (1.05x the weights); a step at 64 tokens took 1.27 s
+# instead of 1.05 s (+20 %). Clean file-backed pages are what a phone can reclaim under memory pressure instead
+# of killing the app, so graphs that stay .onnx on android run without prepacking, at that price; desktop
 # bundles keep ORT's default.
 STAYS_ONNX_SESSION_CONFIG = {"session.disable_prepacking": "1"}
 
