@@ -21,14 +21,20 @@ import torch
 log = logging.getLogger(__name__)
 
 
+WEIGHT_NAMES = ("diffusion_pytorch_model", "model")  # diffusers' and transformers' default (non-variant) names
+
+
 def safetensors_shards(folder: Path) -> list[Path]:
-    """The safetensors files of a diffusers/transformers model folder (sharded via its index, or one file);
-    empty when the folder has none."""
-    for index in sorted(folder.glob("*.safetensors.index.json")):
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [folder / name for name in names]
-    singles = sorted(folder.glob("*.safetensors"))
-    return singles if len(singles) == 1 else []
+    """The default safetensors checkpoint of a diffusers/transformers model folder: the shards its index
+    lists, or the single file; empty when it has neither. Variants (`*.fp16.safetensors`) are not defaults:
+    diffusers loads them only when asked."""
+    for stem in WEIGHT_NAMES:
+        index = folder / f"{stem}.safetensors.index.json"
+        if index.is_file():
+            return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        if (folder / f"{stem}.safetensors").is_file():
+            return [folder / f"{stem}.safetensors"]
+    return []
 
 
 def load_model_lean(model_cls, folder: Path, dtype: torch.dtype = torch.float32):
