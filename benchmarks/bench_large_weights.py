@@ -10,9 +10,11 @@ Phases (one subprocess each):
            call, RssAnon/RssFile, seconds per call
   session  the denoiser graph alone with ORT prepacking on and off (the manifest's choice for graphs that
            stay .onnx on android; export/ort_format.py cites this table)
+  int8     (--int8) export and load of a weight-only int8 android bundle of the same model
 
 Weight size is the transformer checkpoint's safetensors bytes (float32); MB in the table are 2^20 bytes.
-Progress on stderr, results on stdout. Big artifacts live under --work (default /tmp/ralu-large-weights); --clean removes them afterwards.
+Progress on stderr, results on stdout. Big artifacts live under --work (default /tmp/ralu-large-weights);
+--clean removes them afterwards.
 
     python benchmarks/bench_large_weights.py --work /tmp/ralu-large --clean
 """
@@ -47,6 +49,11 @@ def proc_status() -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
+    """Peak RSS of this process in MB: VmHWM, the high-water mark of the current address space. Not
+    ru_maxrss: Linux folds the pre-exec image into it, i.e. the RSS of the parent that forked this process."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        return proc_status()["VmHWM_mb"]
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -68,8 +75,8 @@ def child_export(args) -> dict:
     from ralu_export import cli
 
     started = time.perf_counter()
-    code = cli.main(["--model", str(args.model), "--target", "android", "--height", str(args.size), "--width",
-                     str(args.size), "--out", str(args.bundle), "--force"])
+    code = cli.main(["--model", str(args.model), "--target", "android", "--precision", args.precision, "--height",
+                     str(args.size), "--width", str(args.size), "--out", str(args.bundle), "--force"])
     if code:
         raise SystemExit(code)
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
@@ -154,7 +161,7 @@ def run_child(phase: str, args, extra: list[str] | None = None) -> dict:
     cmd = ["nice", "-n", "10", sys.executable, __file__, "--child", phase, "--model", str(args.model), "--bundle",
            str(args.bundle), "--size", str(args.size), "--threads", str(args.threads), "--calls", str(args.calls),
            "--layers", str(args.layers), "--single-layers", str(args.single_layers), "--heads", str(args.heads),
-           *(extra or [])]
+           "--precision", args.precision, *(extra or [])]
     print(f"phase {phase} {' '.join(extra or [])}", file=sys.stderr, flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -188,6 +195,15 @@ def table(doc: dict) -> str:
                      f"{s['peak_rss_mb'] / w:.2f}x; load {s['load_seconds']:.1f} s; step "
                      f"{s['step_seconds_median']:.2f} s; anon {s['after_step']['RssAnon_mb']:,.0f} MB, file "
                      f"{s['after_step']['RssFile_mb']:,.0f} MB"))
+    if "int8" in doc:
+        e8, l8 = doc["int8"]["export"], doc["int8"]["load"]
+        rows += [("int8 export to android: wall", f"{e8['seconds']:.0f} s", ""),
+                 ("int8 export to android: peak RSS", f"{e8['peak_rss_mb']:,.0f} MB",
+                  f"{e8['peak_rss_mb'] / w:.2f}x the fp32 weights"),
+                 ("int8 bundle denoiser", l8["denoiser_file"].split("/")[-1],
+                  f"{doc['int8']['bundle_files_mb']:,.0f} MB in transformer/"),
+                 ("int8 runtime peak RSS after 1 step", f"{l8['peak_rss_mb']:,.0f} MB",
+                  f"{l8['peak_rss_mb'] / w:.2f}x the fp32 weights; step {l8['step_seconds_median']:.2f} s")]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'measure':<{width}}  {'value':>14}  notes", "-" * (width + 60)]
     lines += [f"{a:<{width}}  {b:>14}  {c}" for a, b, c in rows]
@@ -207,10 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-layers", type=int, default=9, help="single-stream blocks of the built model")
     p.add_argument("--heads", type=int, default=12, help="attention heads (x 128) of the built model")
     p.add_argument("--no-sessions", action="store_true", help="skip the prepacking on/off session phases")
+    p.add_argument("--int8", action="store_true",
+                   help="also export and load an int8 (weight-only) android bundle: rows 'int8 ...'")
     p.add_argument("--clean", action="store_true", help="delete the built pipeline and bundle at the end")
     p.add_argument("--json", type=Path, default=RESULTS / "large_weights.json")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     p.add_argument("--prepack", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
+    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.model = args.model or args.work / "flux-large"
     args.bundle = args.bundle or args.work / "bundle-android"
@@ -238,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     doc["load"] = run_child("load", args)
     if not args.no_sessions:
         doc["sessions"] = [run_child("session", args, ["--prepack", mode]) for mode in ("on", "off")]
+    if args.int8:
+        fp32_bundle = args.bundle
+        args.bundle, args.precision = args.bundle.with_name(args.bundle.name + "-int8"), "int8"
+        doc["int8"] = {"export": run_child("export", args), "load": run_child("load", args)}
+        doc["int8"]["bundle_files_mb"] = sum(p.stat().st_size for p in (args.bundle / "transformer").iterdir()) / 2**20
+        if args.clean:
+            shutil.rmtree(args.bundle, ignore_errors=True)
+        args.bundle = fp32_bundle
     w = doc["weights_mb"]
     doc["ratios"] = {"export_peak_rss": doc["export"]["peak_rss_mb"] / w,
                      "load_peak_rss_after_load": doc["load"]["peak_rss_mb_after_load"] / w,
