@@ -52,11 +52,13 @@ def load_sd3_pipeline(model: str):
 def _load_pipeline(pipeline_class, model: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = resolve_model(model)
+    from safetensors import SafetensorError  # lean_load reads shards itself, so a truncated one raises this
+
     try:
         from ralu_export.lean_load import lean_components  # issue 8: the denoiser memory-mapped, not copied
 
         pipe = pipeline_class.from_pretrained(str(path), local_files_only=True, **lean_components(path))
-    except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RuntimeError, KeyError, json.JSONDecodeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise UserError(f"{path}: the pipeline folder could not be loaded ({first[:200]}); re-export or re-save "
                         "it.") from None
