@@ -326,16 +326,30 @@ def child_peak_rss(path: Path, mode: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_kb() -> int:
+    """This process's peak RSS in kB: VmHWM, the high-water mark of its own address space. Not ru_maxrss: Linux
+    carries the forking parent's RSS at fork into the child's ru_maxrss across exec, so every child of a big
+    benchmark process would report at least the parent's size (earlier runs showed identical, inflated RSS
+    for every mode). Falls back to ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def rss_child(path: Path, mode: str, threads: int) -> int:
     from ralu_runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(path, threads=threads)
-    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_load = peak_rss_kb()
     modes = list(RALU_MODES) if mode == "ralu-all" else [mode]
     for m in modes:
         pipe(PROMPTS[0], mode=m, steps=BASE_STEPS, seed=0)
-    print(json.dumps({"mode": mode, "maxrss_kb_after_load": after_load,
-                      "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+    print(json.dumps({"mode": mode, "maxrss_kb_after_load": after_load, "maxrss_kb": peak_rss_kb(),
+                      "source": "VmHWM"}))
     return 0
 
 
