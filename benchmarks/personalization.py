@@ -17,7 +17,7 @@ The top-level `zo_/ti_/init_concept_score` are the colour experiment's.
 Rows: the initial embedding (= the init word's rows), ZO (Subspace Gradient + PUTS), first-order TI (same
 data, loss, timestep sampling), ZO without Subspace Gradient, ZO without PUTS, and two prompts with real words
 (the hidden word: what the model can do; the init word). Every fit and every generation runs in its own
-subprocess (`--worker`), so each fit's peak RSS (ru_maxrss: the whole process) and its growth over the
+subprocess (`--worker`), so each fit's peak RSS (VmHWM: the whole process) and its growth over the
 process's own RSS after imports and model load are measured alone; the ZO worker records whether torch was
 ever imported.
 
@@ -120,6 +120,11 @@ def rss_now_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM of its own address space. Not ru_maxrss, which Linux carries over from the
+    forking parent's image across exec (a worker could report the launcher's peak instead of its own)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
