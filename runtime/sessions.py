@@ -46,6 +46,11 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> ort.
     # (which also stops zeroth-order personalization from seeing its perturbations).
     for key, value in (getattr(graph, "session_config", None) or {}).items():
         so.add_session_config_entry(key, str(value))
+    if any(isinstance(dim, str) for spec in graph.inputs for dim in spec.shape):
+        # ORT plans and keeps one memory pattern per distinct input shape; a dynamic-token denoiser serving
+        # every RALU stage length piled them up (random 1024-token FLUX: all presets in one process 563 MB vs
+        # 429 MB baseline-only; without patterns 349 vs 357 MB, same speed; benchmarks/results/runtime.md).
+        so.enable_mem_pattern = False
     try:
         return ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
                                     providers=list(config.providers))
