@@ -160,7 +160,7 @@ def worker_zo(args) -> dict:
     v = ZO_VARIANTS[args.worker]
     cfg = PersonalizeConfig(steps=args.steps, seed=args.seed, checkpoint_every=max(1, args.steps),
                             zo=ZOConfig(lr=args.zo_lr, subspace_gradient=v["subspace_gradient"]),
-                            puts=PutsConfig(sigma_shift=PUTS_SHIFT) if v["puts"] else NO_PUTS,
+                            puts=PutsConfig(sigma_shift=args.puts_shift) if v["puts"] else NO_PUTS,
                             captions=_captions_or_default(args, exp), posterior="auto", theta_units=args.theta_units)
     t0 = time.perf_counter()
     res = pers.fit(images, token, init, cfg,
@@ -195,7 +195,7 @@ def worker_ti(args) -> dict:
     base_rss = rss_now_mb()
     t0 = time.perf_counter()
     embeds, hist = fit_first_order(pipe, images, token, init, args.steps, args.seed, lr=args.ti_lr, batch_size=1,
-                                   sigma_range=PutsConfig(sigma_shift=PUTS_SHIFT),
+                                   sigma_range=PutsConfig(sigma_shift=args.puts_shift),
                                    captions=list(_captions_or_default(args, exp)), posterior="mean",
                                    theta_units=args.theta_units,
                                    on_step=lambda s: s.step % 50 == 0 and log(f"{args.experiment} ti {s.step} {s.loss:.4f}"))
@@ -204,7 +204,7 @@ def worker_ti(args) -> dict:
     return {"seconds_per_step": hist.seconds_per_step, "fit_seconds": wall, "losses": hist.losses.tolist(),
             "baseline_rss_mb": base_rss, "peak_rss_mb": peak_rss_mb(), "torch_version": torch.__version__,
             "config": {"steps": args.steps, "seed": args.seed, "lr": args.ti_lr, "batch_size": 1,
-                       "optimizer": "Adam eps 1e-8", "puts_sigma_shift": PUTS_SHIFT, "posterior": "mean",
+                       "optimizer": "Adam eps 1e-8", "puts_sigma_shift": args.puts_shift, "posterior": "mean",
                        "theta_units": args.theta_units}}
 
 
@@ -262,8 +262,10 @@ def run_experiment(exp: Experiment, args, env: dict, work: Path, quick: bool) ->
     work.mkdir(parents=True, exist_ok=True)
     common = ["--bundle", str(args.bundle), "--threads", str(args.threads), "--seed", str(args.seed),
               "--experiment", exp.name, "--zo-lr", str(args.zo_lr), "--ti-lr", str(args.ti_lr),
-              "--theta-units", args.theta_units]
+              "--theta-units", args.theta_units, "--puts-shift", str(args.puts_shift)]
     fit_names = ("init", "zo", "ti") if quick else ("init", "zo", "ti", "zo-nosg", "zo-noputs")
+    if args.fits:
+        fit_names = tuple(f for f in fit_names if f in args.fits.split(","))
     fits: dict[str, dict] = {}
     for name in fit_names:
         res_path = work / f"{name}.fit.json"
@@ -434,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--experiments", default="colour,shape", help="comma-separated: colour, shape")
     ap.add_argument("--bundle", type=Path, default=Path("/tmp/ralu-personalization/shapes-desktop-int8"),
                     help="int8 desktop bundle of shapes (exported there when missing)")
+    ap.add_argument("--puts-shift", type=float, default=PUTS_SHIFT,
+                    help="PUTS resolution shift of the DDPM [500, 900) range for ZO and TI alike (default 1: none; "
+                         "the spec's sqrt(pixels/512^2) is 0.25 at 128 px)")
+    ap.add_argument("--fits", default=None, help="comma-separated subset of the fits to run (e.g. init,zo,ti)")
     ap.add_argument("--steps", type=int, default=None, help="ZO steps, every ZO variant (default 1000; quick 30)")
     ap.add_argument("--ti-steps", type=int, default=None, help="first-order TI steps (default 150; quick 5)")
     ap.add_argument("--theta-units", choices=("absolute", "table_rms"), default=THETA_UNITS,
@@ -526,7 +532,7 @@ def main() -> int:
         "zo_seconds_per_step": by["zo"]["seconds_per_step"], "ti_seconds_per_step": by["ti"]["seconds_per_step"],
         "zo_steps": args.steps, "ti_steps": args.ti_steps, "zo_fit_minutes": by["zo"]["fit_seconds"] / 60,
         "zo_torch_imported": by["zo"]["torch_imported"],
-        "settings": {"theta_units": args.theta_units, "zo_lr": args.zo_lr, "ti_lr": args.ti_lr, "puts_sigma_shift": PUTS_SHIFT,
+        "settings": {"theta_units": args.theta_units, "zo_lr": args.zo_lr, "ti_lr": args.ti_lr, "puts_sigma_shift": args.puts_shift,
                      "generation_steps": GEN_STEPS, "seed": args.seed},
         "environment": env_info,
         "experiments": {n: {k: v for k, v in e.items() if not k.startswith("_")} for n, e in experiments.items()},
