@@ -100,3 +100,86 @@ def test_table_rms_units_scale_each_encoders_step_by_its_table(personalizer):
         assert 0 < step.max() <= 1e-2 * part[0] * (1 + 1e-4)
     with pytest.raises(UserError, match="theta_units"):
         PersonalizeConfig(theta_units="relative")
+
+
+def _cli(bundle, images, out, *extra):
+    return subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(bundle), "--images",
+                           str(images), "--token", "<blob>", "--init-word", "square", "--threads", "1", "--out",
+                           str(out), *extra], capture_output=True, text=True)
+
+
+def _image_folder(path, n=2):
+    from PIL import Image
+
+    path.mkdir()
+    for i, image in enumerate(_renders(n)):
+        Image.fromarray(image).save(path / f"{i}.png")
+    return path
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_embedding(desktop_bundle, tmp_path):
+    """The real process is killed (SIGKILL, no cleanup) once its checkpoint reaches a random step; --resume then
+    finishes, and the file equals an uninterrupted run's bit for bit."""
+    import json
+    import os
+    import signal
+    import time
+
+    from safetensors.numpy import load_file
+
+    images = _image_folder(tmp_path / "imgs")
+    steps = ["--steps", "40", "--seed", "3", "--checkpoint-every", "1"]
+    whole = _cli(desktop_bundle, images, tmp_path / "whole.safetensors", *steps)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    kill_after = int(np.random.default_rng().integers(1, 30))  # random on purpose: any step must resume exactly
+    out = tmp_path / "killed.safetensors"
+    state = tmp_path / "killed.safetensors.checkpoint" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(desktop_bundle),
+                             "--images", str(images), "--token", "<blob>", "--init-word", "square", "--threads", "1",
+                             "--out", str(out), *steps], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["state"]["step"] >= kill_after:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before step {kill_after} could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    resumed = _cli(desktop_bundle, images, out, *steps, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads(resumed.stdout)["resumed_from"] >= kill_after
+    a, b = load_file(str(tmp_path / "whole.safetensors")), load_file(str(out))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such images folder"),
+    ("empty", "no PNG or JPEG images in it"),
+    ("no_vae_encoder", "this bundle has no VAE encoder graph"),
+])
+def test_cli_bad_inputs_exit_2_and_write_nothing(desktop_bundle, tmp_path, case, message):
+    import json
+    import shutil
+
+    bundle, images = desktop_bundle, tmp_path / "imgs"
+    if case == "empty":
+        images.mkdir()
+    elif case == "no_vae_encoder":
+        images = _image_folder(images)
+        bundle = tmp_path / "bundle"
+        shutil.copytree(desktop_bundle, bundle)
+        config = json.loads((bundle / "ralu_config.json").read_text())
+        config["graphs"] = [g for g in config["graphs"] if g["role"] != "vae_encoder"]
+        config["files"] = [f for f in config["files"] if not f["path"].startswith("vae_encoder/")]
+        (bundle / "ralu_config.json").write_text(json.dumps(config))
+        shutil.rmtree(bundle / "vae_encoder")
+    out = tmp_path / "out" / "learned.safetensors"
+    out.parent.mkdir()
+    done = _cli(bundle, images, out, "--steps", "1")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr.strip().splitlines()[-1]
+    assert list(out.parent.iterdir()) == []
