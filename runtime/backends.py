@@ -209,7 +209,8 @@ class OrtVae:
         self._clock = clock
         dec = [g for g in bundle.manifest.graphs if g.role == "vae_decoder"]
         enc = [g for g in bundle.manifest.graphs if g.role == "vae_encoder"]
-        self._decoder = open_session(bundle, dec[0].name, config)
+        self._bundle, self._config = bundle, config
+        self._decoder = None  # opened at the first decode: personalization only encodes
         self._decoder_graph = dec[0]
         self._encoder = open_session(bundle, enc[0].name, config) if encoder and enc else None
         self._encoder_graph = enc[0] if enc else None
@@ -218,6 +219,8 @@ class OrtVae:
         """Normalised latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]."""
         if not self._vae.normalization_in_graph:
             latents = latents / self._vae.scaling_factor + self._vae.shift_factor
+        if self._decoder is None:
+            self._decoder = open_session(self._bundle, self._decoder_graph.name, self._config)
         name = self._decoder_graph.inputs[0].name
         return np.concatenate([self._clock.run(self._decoder, None, {name: latents[i:i + 1].astype(np.float32)})[0]
                                for i in range(latents.shape[0])])
