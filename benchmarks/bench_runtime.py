@@ -40,29 +40,12 @@ TARGETS = {"ralu4_vs_bound": 0.9, "ralu4_speedup": 3.5, "ralu7_speedup": 6.0, "h
 def build_random_flux(out: Path, inner_heads: int, head_dim: int, layers: int, single_layers: int,
                       seed: int = 0) -> Path:
     """A FluxPipeline folder with a bigger random-weight transformer (inner = heads x head_dim), VAE factor 8,
-    16 latent channels, and the tiny CLIP/T5 text encoders of export/tiny_models.py."""
-    import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
-
-    from ralu_export import shapes_model as sm
+    16 latent channels, and the tiny CLIP/T5 text encoders (ralu_export.tiny_models.build_random_flux)."""
     from ralu_export import tiny_models as tm
 
-    torch.manual_seed(seed)
-    rope_axes = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)  # FLUX's 16/56/56 proportions, even dims
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        clip_tok, t5_tok = tm._tokenizers(Path(tmp))
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
-            attention_head_dim=head_dim, num_attention_heads=inner_heads, joint_attention_dim=64,
-            pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=rope_axes)
-        pipe = FluxPipeline(scheduler=sm.build_scheduler(), vae=tm._vae(16, 4),
-                            text_encoder=CLIPTextModel(tm._clip_config(clip_tok, 64)), tokenizer=clip_tok,
-                            text_encoder_2=tm._t5(t5_tok, 64), tokenizer_2=t5_tok, transformer=transformer)
-        params = sum(p.numel() for p in transformer.parameters())
-        print(f"random FLUX transformer: {params / 1e6:.1f} M parameters, rope axes {rope_axes}", file=sys.stderr)
-        return tm._save(pipe, out)
+    params = tm.build_random_flux(out, inner_heads, head_dim, layers, single_layers, seed)["transformer"]
+    print(f"random FLUX transformer: {params / 1e6:.1f} M parameters", file=sys.stderr)
+    return out
 
 
 # ---------------------------------------------------------------- environment

@@ -374,29 +374,9 @@ def build_large_flux(out: Path, heads: int, head_dim: int, layers: int, single_l
     """A FluxPipeline folder with a random-weight FluxTransformer2DModel of heads x head_dim inner width (FLUX's
     16/56/56 RoPE proportions), VAE factor 8 with 16 latent channels, and the tiny CLIP/T5 encoders and
     tokenizers of ralu_export.tiny_models (the vocabulary of the built-in model, so 'square' is one token)."""
-    import tempfile
-
-    import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
-
-    from ralu_export import shapes_model as sm
     from ralu_export import tiny_models as tm
 
-    torch.manual_seed(seed)
-    rope_axes = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
-    with tempfile.TemporaryDirectory() as tmp:
-        clip_tok, t5_tok = tm._tokenizers(Path(tmp))
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
-            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=64,
-            pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=rope_axes)
-        pipe = FluxPipeline(scheduler=sm.build_scheduler(), vae=tm._vae(16, 4),
-                            text_encoder=CLIPTextModel(tm._clip_config(clip_tok, 64)), tokenizer=clip_tok,
-                            text_encoder_2=tm._t5(t5_tok, 64), tokenizer_2=t5_tok, transformer=transformer)
-        params = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
-                  for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
-        tm._save(pipe, out)
+    params = tm.build_random_flux(out, heads, head_dim, layers, single_layers, seed)
     return {"folder": str(out), "parameters": params, "total_parameters": sum(params.values()),
             "heads": heads, "head_dim": head_dim, "layers": layers, "single_layers": single_layers}
 

@@ -110,17 +110,22 @@ class ClipTextEncoder(nn.Module):
         self.text_model = text_model.text_model
         self.eos_token_id = clip_pool_token_id(text_model.config)
 
-    def forward(self, input_ids, placeholder_ids, placeholder_embeds):
+    def encode(self, input_ids, placeholder_ids, placeholder_embeds, output_hidden_states: bool = False):
+        """(encoder output, final hidden states after the last LayerNorm, pooled at the first EOS)."""
         tm = self.text_model
         embeds = injected_embeddings(tm.embeddings.token_embedding.weight, input_ids, placeholder_ids,
                                      placeholder_embeds)
         hidden = tm.embeddings(inputs_embeds=embeds)
         length = input_ids.shape[1]
         causal = torch.full((length, length), torch.finfo(hidden.dtype).min, dtype=hidden.dtype).triu(1)
-        hidden = tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None]).last_hidden_state
-        hidden = tm.final_layer_norm(hidden)
+        encoded = tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None],
+                             output_hidden_states=output_hidden_states)
+        final = tm.final_layer_norm(encoded.last_hidden_state)
         eos_position = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)  # first EOS
-        pooled = hidden[torch.arange(hidden.shape[0]), eos_position]
+        return encoded, final, final[torch.arange(final.shape[0]), eos_position]
+
+    def forward(self, input_ids, placeholder_ids, placeholder_embeds):
+        _, hidden, pooled = self.encode(input_ids, placeholder_ids, placeholder_embeds)
         return hidden, pooled
 
 
@@ -210,7 +215,7 @@ class Sd3Transformer(nn.Module):
                                 pooled_projections=pooled_projections, timestep=timestep, return_dict=False)[0]
 
 
-class ClipProjectionTextEncoder(nn.Module):
+class ClipProjectionTextEncoder(ClipTextEncoder):
     """transformers CLIPTextModelWithProjection (SD3's CLIP-L and CLIP-G) with injectable embeddings, in
     optimum's output layout: (input_ids [1, T], placeholder_ids [P], placeholder_embeds [P, D]) ->
     (text_embeds [1, D_proj], last_hidden_state [1, T, D], hidden_states.0 … hidden_states.N [1, T, D]),
@@ -219,20 +224,9 @@ class ClipProjectionTextEncoder(nn.Module):
     EOS, as ClipTextEncoder."""
 
     def __init__(self, text_model: nn.Module):
-        super().__init__()
-        self.text_model = text_model.text_model
+        super().__init__(text_model)
         self.text_projection = text_model.text_projection
-        self.eos_token_id = clip_pool_token_id(text_model.config)
 
     def forward(self, input_ids, placeholder_ids, placeholder_embeds):
-        tm = self.text_model
-        embeds = injected_embeddings(tm.embeddings.token_embedding.weight, input_ids, placeholder_ids,
-                                     placeholder_embeds)
-        hidden = tm.embeddings(inputs_embeds=embeds)
-        length = input_ids.shape[1]
-        causal = torch.full((length, length), torch.finfo(hidden.dtype).min, dtype=hidden.dtype).triu(1)
-        encoded = tm.encoder(inputs_embeds=hidden, causal_attention_mask=causal[None, None], output_hidden_states=True)
-        final = tm.final_layer_norm(encoded.last_hidden_state)
-        eos_position = (input_ids == self.eos_token_id).to(torch.int32).argmax(dim=-1)  # first EOS
-        pooled = final[torch.arange(final.shape[0]), eos_position]
+        encoded, final, pooled = self.encode(input_ids, placeholder_ids, placeholder_embeds, output_hidden_states=True)
         return (self.text_projection(pooled), final, *encoded.hidden_states)

@@ -52,22 +52,49 @@ def _vae(latent_channels: int, factor_blocks: int):
                          scaling_factor=0.3611, shift_factor=0.1159)
 
 
+def random_flux_pipeline(clip_tok, t5_tok, heads: int, head_dim: int, layers: int, single_layers: int,
+                         text_dim: int, rope_axes: tuple[int, int, int]):
+    """A guidance-distilled FluxPipeline (guidance_embeds=True, VAE factor 8, 16 latent channels) with random
+    weights drawn from torch's global generator: the transformer (heads x head_dim inner width), then the VAE,
+    CLIP and T5 of width `text_dim`. Every random FLUX of the tests and benchmarks is built here."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim,
+        pooled_projection_dim=text_dim, guidance_embeds=True, axes_dims_rope=tuple(rope_axes))
+    return FluxPipeline(scheduler=sm.build_scheduler(), vae=_vae(16, 4), text_encoder=CLIPTextModel(
+        _clip_config(clip_tok, text_dim)), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, text_dim),
+        tokenizer_2=t5_tok, transformer=transformer)
+
+
+def build_random_flux(out: Path, heads: int, head_dim: int, layers: int, single_layers: int,
+                      seed: int = 0) -> dict[str, int]:
+    """A benchmark-sized random FluxPipeline folder at `out`: heads x head_dim inner width, FLUX's 16/56/56 RoPE
+    proportions (even dims), the tiny CLIP/T5 at width 64 with the built-in vocabulary (so 'square' is one
+    token). Returns the parameter count of each component."""
+    import torch
+
+    torch.manual_seed(seed)
+    rope_axes = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_tok, t5_tok = _tokenizers(Path(tmp))
+        pipe = random_flux_pipeline(clip_tok, t5_tok, heads, head_dim, layers, single_layers, 64, rope_axes)
+        _save(pipe, out)
+    return {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+            for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+
+
 def build_tiny_flux(out: Path, seed: int = 0) -> Path:
     """A FLUX.1-dev-shaped FluxPipeline (guidance-distilled: guidance_embeds=True) with random weights."""
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         clip_tok, t5_tok = _tokenizers(Path(tmp))
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-            axes_dims_rope=(4, 6, 6))
-        pipe = FluxPipeline(scheduler=sm.build_scheduler(), vae=_vae(16, 4), text_encoder=CLIPTextModel(
-            _clip_config(clip_tok, 32)), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, 32), tokenizer_2=t5_tok,
-            transformer=transformer)
+        pipe = random_flux_pipeline(clip_tok, t5_tok, heads=2, head_dim=16, layers=1, single_layers=1,
+                                    text_dim=32, rope_axes=(4, 6, 6))
         return _save(pipe, out)
 
 
@@ -114,24 +141,16 @@ def build_large_flux(out: Path, layers: int = 4, single_layers: int = 9, heads: 
     safetensors shards of at most `max_shard_size`, like the real checkpoints. Building holds the
     transformer once (~1x its size)."""
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
     rope_axes = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16)  # FLUX.1: (16, 56, 56) at 128
     with tempfile.TemporaryDirectory() as tmp:
         clip_tok, t5_tok = _tokenizers(Path(tmp))
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=layers, num_single_layers=single_layers,
-            attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=32,
-            pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=rope_axes)
-        pipe = FluxPipeline(scheduler=sm.build_scheduler(), vae=_vae(16, 4), text_encoder=CLIPTextModel(
-            _clip_config(clip_tok, 32)), tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, 32), tokenizer_2=t5_tok,
-            transformer=transformer)
+        pipe = random_flux_pipeline(clip_tok, t5_tok, heads, head_dim, layers, single_layers, 32, rope_axes)
         tmp_out = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp_out, ignore_errors=True)
         pipe.save_pretrained(str(tmp_out), safe_serialization=True, max_shard_size=max_shard_size)
-    del pipe, transformer
+    del pipe
     if out.exists():
         shutil.rmtree(out)
     tmp_out.rename(out)
