@@ -364,11 +364,21 @@ class Manifest:
         _unique("graphs", [g.name for g in self.graphs])
         _unique("presets", [p.name for p in self.presets])
         _unique("tokenizers", [t.name for t in self.tokenizers])
+        # Every path the manifest names must be a verified file of the bundle (or, for an .mlpackage, a folder
+        # of them): a path outside `files` would be read without a hash check, possibly outside the bundle.
         listed = {f.path for f in self.files}
         for graph in self.graphs:
             for path in (graph.file, *graph.data_files):
                 if path not in listed and not any(p.startswith(path.rstrip("/") + "/") for p in listed):
                     raise _fail(f"graph {graph.name!r}", f"uses {path!r}, which the files list lacks")
+        for tokenizer in self.tokenizers:
+            for path in (tokenizer.file, *tokenizer.files):
+                if path not in listed:
+                    raise _fail(f"tokenizer {tokenizer.name!r}", f"uses {path!r}, which the files list lacks")
+        for encoder in self.text_encoders:
+            if encoder.token_embeddings is not None and encoder.token_embeddings not in listed:
+                raise _fail(f"text encoder {encoder.name!r}",
+                            f"uses {encoder.token_embeddings!r}, which the files list lacks")
         for encoder in self.text_encoders:
             graph = self.graph(encoder.graph)
             graph.input(encoder.placeholder_ids_input)

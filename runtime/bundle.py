@@ -1,7 +1,11 @@
 """Opening a bundle: the manifest (schema-checked by ralu_edge.manifest) and the sha256 + size of every file
 it names, checked before any file is used. A verified-bundle cache (one JSON file in the user's cache folder)
-remembers (size, mtime, inode) -> sha256 per file so an unchanged bundle is not re-hashed on every start;
-any change of those stats re-hashes the file. A tampered, truncated or missing file is refused by name."""
+remembers (device, inode, size, mtime, ctime) -> sha256 per file so an unchanged bundle is not re-hashed on
+every start; any change of those stats re-hashes the file. The ctime is what makes the cache safe: a user can
+put an old mtime back with os.utime or `touch -d`, but every write or utime sets the ctime to the current time,
+and only the kernel sets it. A tampered, truncated or missing file is refused by name, and so is a file that
+resolves (through a symlink) to a place outside the bundle folder. `Bundle.path` hands out only paths the
+manifest vouches for."""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ class Bundle:
     manifest: Manifest
 
     def path(self, relative: str) -> Path:
+        """The bundle file `relative` (a path of the manifest's verified `files`, or a folder of them)."""
+        listed = {f.path for f in self.manifest.files}
+        if relative not in listed and not any(p.startswith(relative.rstrip("/") + "/") for p in listed):
+            raise UserError(f"{self.root.name}/{relative}: not a file the manifest vouches for; re-export the bundle.")
         return self.root / relative
 
     @property
@@ -58,18 +66,23 @@ def verify_bundle_files(root: Path, manifest: Manifest, use_cache: bool = True) 
     cache_path = _cache_file()
     cache = _load_cache(cache_path) if use_cache else {}
     hashed = 0
+    real_root = root.resolve()
     for entry in manifest.files:
         path = root / entry.path
         if not path.is_file():
             raise UserError(f"{root.name}/{entry.path}: missing from the bundle; re-export the bundle.")
-        st = path.stat()
+        real = path.resolve()
+        if not real.is_relative_to(real_root):
+            raise UserError(f"{root.name}/{entry.path}: a link to {real}, outside the bundle folder; copy the "
+                            "bundle with its files (e.g. `cp -rL`) or re-export it.")
+        st = real.stat()
         if st.st_size != entry.size:
             raise UserError(f"{root.name}/{entry.path}: {st.st_size} bytes but the manifest says {entry.size}; "
                             "the file is truncated or replaced, re-export the bundle.")
-        key = str(path.resolve())
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        key = str(real)
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
         cached = cache.get(key)
-        if cached and cached[:3] == stamp and cached[3] == entry.sha256:
+        if cached and cached[:-1] == stamp and cached[-1] == entry.sha256:
             continue
         digest = file_sha256(path)
         hashed += 1
