@@ -158,6 +158,11 @@ class VaeSpec:
     shift_factor: float
     normalization_in_graph: bool = False
 
+    def __post_init__(self) -> None:
+        if self.latent_channels < 1 or self.factor < 1 or not self.scaling_factor > 0:
+            raise _fail("vae", f"has latent_channels {self.latent_channels}, factor {self.factor} and scaling_factor "
+                        f"{self.scaling_factor}; each must be positive")
+
 
 @dataclass(frozen=True)
 class RopeSpec:
@@ -169,6 +174,8 @@ class RopeSpec:
     head_dim: int
 
     def __post_init__(self) -> None:
+        if not self.theta > 0:
+            raise _fail("rope", f"theta {self.theta} is not positive")
         if sum(self.axes_dim) != self.head_dim:
             raise _fail("rope", f"axes_dim {list(self.axes_dim)} do not sum to head_dim {self.head_dim}")
 
@@ -386,6 +393,34 @@ class Manifest:
             self.tokenizer(encoder.tokenizer)
         for stage in self.denoiser.stage_graphs:
             self.graph(stage.graph)
+        self._check_declared_dims()
+
+    def _check_declared_dims(self) -> None:
+        """The sizes stated beside the graphs (token_channels, text_length, hidden sizes, ...) agree with the
+        graphs' own input specs, so a wrong number is refused here rather than by a failed run."""
+        den, vae = self.denoiser, self.vae
+        if den.token_channels != 4 * vae.latent_channels:
+            raise _fail("denoiser.token_channels", f"is {den.token_channels}, but 2x2-packed tokens of "
+                        f"{vae.latent_channels} latent channels have {4 * vae.latent_channels}")
+        expected: list[tuple[str, str, int, int]] = []  # (graph, input, axis, size)
+        for stage in den.stage_graphs:
+            expected += [(stage.graph, "hidden_states", -1, den.token_channels),
+                         (stage.graph, "encoder_hidden_states", -2, den.text_length),
+                         (stage.graph, "encoder_hidden_states", -1, den.text_dim),
+                         (stage.graph, "pooled_projections", -1, den.pooled_dim)]
+        for encoder in self.text_encoders:
+            expected += [(encoder.graph, encoder.placeholder_embeds_input, -1, encoder.hidden_size),
+                         (encoder.graph, "input_ids", -1, self.tokenizer(encoder.tokenizer).max_length)]
+        expected += [(g.name, g.inputs[0].name, 1, vae.latent_channels)
+                     for g in self.graphs if g.role == "vae_decoder" and g.inputs]
+        for graph_name, input_name, axis, size in expected:
+            spec = next((t for t in self.graph(graph_name).inputs if t.name == input_name), None)
+            if spec is None or len(spec.shape) < abs(axis) + (axis >= 0):
+                continue
+            dim = spec.shape[axis]
+            if isinstance(dim, int) and dim != size:
+                raise _fail(f"graph {graph_name!r} input {input_name!r}",
+                            f"has size {dim} on axis {axis}, but the manifest elsewhere says {size}")
 
     def graph(self, name: str) -> GraphEntry:
         """The graph called `name`; UserError listing the graphs otherwise."""

@@ -7,6 +7,7 @@ ralu_edge.errors only."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Callable, Literal, Union
@@ -68,8 +69,8 @@ def from_json(tp: Any, data: Any, where: str, fail: Callable[[str, str], Excepti
     if tp is Any:
         return data
     if tp is float:
-        if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise fail(where, f"should be a number, got {data!r}")
+        if isinstance(data, bool) or not isinstance(data, (int, float)) or not math.isfinite(data):
+            raise fail(where, f"should be a finite number, got {data!r}")
         return float(data)
     if tp is int:
         if isinstance(data, bool) or not isinstance(data, int):

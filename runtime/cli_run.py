@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from ralu_edge.errors import UserError
+from ralu_runtime.memory import peak_rss_mb
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +48,38 @@ def _progress(total: int, disable: bool):
     return bar, (lambda info: bar.update(1))
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """UserError for numbers no run can use (before anything is loaded)."""
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}.")
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or a positive count, got {args.threads}.")
+    if args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}.")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"{args.out}: exists and is not a folder; pass a folder for the PNGs with --out.")
+
+
+def output_paths(out: Path, prompts: list[str], modes: list[str], seed: int, compare: bool) -> list[Path]:
+    """Every PNG a run will write, in order; UserError when one of them is taken by a folder."""
+    paths = []
+    for i in range(len(prompts)):
+        paths += [out / f"{i:03d}-{mode}-seed{seed + i}.png" for mode in modes]
+        if compare:
+            paths.append(out / f"{i:03d}-compare-seed{seed + i}.png")
+    for path in paths:
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: exists and is not a file, so the image cannot be written there; move it "
+                            "away or pass another --out.")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
+    created_out = False
     try:
+        check_args(args)
         prompts = read_prompts(args.prompt, args.prompts)
         from ralu_runtime.images import parameters_text, save_png, side_by_side
         from ralu_runtime.pipeline import Pipeline
@@ -60,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             if mode not in pipe.modes:
                 raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
         scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
+        for prompt in prompts:  # every prompt before the first image, so a bad one does not stop a batch midway
+            pipe.check_prompt(prompt)
+        paths = iter(output_paths(args.out, prompts, modes, args.seed, args.compare))
+        created_out = not args.out.exists()
         args.out.mkdir(parents=True, exist_ok=True)
         results = []
         for i, prompt in enumerate(prompts):
@@ -75,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                     map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
                     "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
                     **({"CFG scale": scale} if scale is not None else {})}
-                path = save_png(args.out / f"{i:03d}-{mode}-seed{seed}.png", res.image, parameters_text(prompt, fields))
-                row.append(res.image)
+                path = save_png(next(paths), res.image, parameters_text(prompt, fields))
+                row.append((mode, res))
                 st = res.stats
                 results.append({"out": str(path), "prompt": prompt, "seed": seed, "mode": mode, "nfe": st.nfe,
                                 "token_steps": st.image_token_steps, "seconds_total": st.seconds_total,
@@ -84,21 +119,31 @@ def main(argv: list[str] | None = None) -> int:
                                 "seconds_host": st.seconds_denoise - st.seconds_in_sessions_denoise,
                                 **{k: v for k, v in st.to_dict().items() if k not in ("mode", "nfe")}})
             if args.compare:
-                grid = save_png(args.out / f"{i:03d}-compare-seed{seed}.png", side_by_side(row),
+                grid = save_png(next(paths), side_by_side([r.image for _, r in row],
+                                                          [f"{m} {r.stats.seconds_total:.2f} s" for m, r in row]),
                                 parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed}))
                 results.append({"out": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
     except UserError as e:
+        _remove_if_empty(args.out, created_out)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _remove_if_empty(args.out, created_out)
         print("interrupted", file=sys.stderr)
         return 130
+    peak = peak_rss_mb()
     if args.json:
-        print(json.dumps({**results[0], "bundle": str(args.bundle), "images": results}))
+        print(json.dumps({**results[0], "bundle": str(args.bundle), "peak_rss_mb": peak, "images": results}))
     else:
         for r in results:
             print(r["out"])
     return 0
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Take back an --out folder this run created when it failed before writing anything into it."""
+    if created and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:

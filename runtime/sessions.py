@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnxruntime as ort
 
 from ralu_edge.errors import UserError
+from ralu_edge.manifest import GraphEntry
 from ralu_runtime.bundle import Bundle
 
 
@@ -34,8 +36,36 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     return so
 
 
-def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> ort.InferenceSession:
-    """A session over the graph the manifest names (its file is already verified)."""
+@dataclass(frozen=True)
+class GraphSession:
+    """An ONNX Runtime session over one bundle graph. `run` refuses, naming the graph, inputs the graph rejects
+    (a manifest whose sizes disagree with its graphs) and non-finite float outputs (a NaN turns into a black
+    image downstream, or a ZO loss that never improves)."""
+
+    label: str  # "<bundle folder>/<graph file>", for messages
+    session: ort.InferenceSession
+
+    def run(self, outputs: list[str] | None, feeds: dict) -> list:
+        try:
+            results = self.session.run(outputs, feeds)
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+            raise UserError(f"{self.label}: ONNX Runtime refused the run ({_first_line(e)}); the manifest and the "
+                            "graph disagree, re-export the bundle.") from None
+        for name, value in zip(outputs or [o.name for o in self.session.get_outputs()], results):
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise UserError(f"{self.label}: output {name!r} holds NaN or infinite values; the graph's weights "
+                                "are damaged or out of range, re-export the bundle.")
+        return results
+
+
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
+
+
+def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> GraphSession:
+    """A session over the graph the manifest names (its file is already verified), its inputs and outputs
+    checked against the manifest."""
     graph = bundle.manifest.graph(graph_name)
     if graph.format not in ("onnx", "ort"):
         raise UserError(f"graph {graph_name!r} is {graph.format}, which ONNX Runtime cannot run; use a desktop "
@@ -52,8 +82,43 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> ort.
         # 429 MB baseline-only; without patterns 349 vs 357 MB, same speed; benchmarks/results/runtime.md).
         so.enable_mem_pattern = False
     try:
-        return ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
-                                    providers=list(config.providers))
+        session = ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
+                                       providers=list(config.providers))
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
                         "re-export the bundle.") from None
+    check_session_io(graph, session, bundle.root.name)
+    return GraphSession(f"{bundle.root.name}/{graph.file}", session)
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+               "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
+
+
+def check_session_io(graph: GraphEntry, session, bundle_name: str) -> None:
+    """UserError unless the graph file's inputs and outputs are the ones the manifest describes (names, dtypes,
+    ranks, fixed dims): a manifest that disagrees with its graphs is refused at load, not by a failed run."""
+    required = {a.name: a for a in session.get_inputs()}
+    overridable = {a.name: a for a in session.get_overridable_initializers()}
+    actual_outputs = {a.name: a for a in session.get_outputs()}
+
+    def fail(problem: str) -> UserError:
+        return UserError(f"{bundle_name}/{graph.file}: {problem}; the manifest and the graph disagree, "
+                         "re-export the bundle.")
+
+    for kind, specs, actual in (("input", graph.inputs, {**overridable, **required}),
+                                ("output", graph.outputs, actual_outputs)):
+        for spec in specs:
+            arg = actual.get(spec.name)
+            if arg is None:
+                raise fail(f"the graph has no {kind} {spec.name!r}")
+            if _ORT_DTYPES.get(arg.type, arg.type) != spec.dtype:
+                raise fail(f"{kind} {spec.name!r} is {arg.type}, not {spec.dtype}")
+            shape = arg.shape or []
+            if len(shape) != len(spec.shape) or any(
+                    isinstance(a, int) and isinstance(m, int) and a != m for a, m in zip(shape, spec.shape)):
+                raise fail(f"{kind} {spec.name!r} has shape {list(shape)}, not {list(spec.shape)}")
+    declared = {spec.name for spec in graph.inputs}
+    for name in required:
+        if name not in declared:
+            raise fail(f"the graph needs an input {name!r} that the manifest does not describe")

@@ -10,6 +10,7 @@ same number of ids as "a red square in", with the learned id where '▁square' /
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -18,6 +19,8 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer
 
 from ralu_edge.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def learned_added_token(token: str) -> AddedToken:
@@ -84,9 +87,15 @@ class PromptTokenizer:
     def __init__(self, path: Path, config: TokenizerConfig, learned_tokens: tuple[str, ...] = ()):
         if not path.is_file():
             raise UserError(f"{path}: tokenizer file missing; re-export the bundle.")
-        self._tokenizer = Tokenizer.from_file(str(path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a malformed file
+            raise UserError(f"{path}: not a tokenizer file the tokenizers library can read "
+                            f"({' '.join(str(e).split())[:120]}); re-export the bundle.") from None
+        self.name = path.parent.name
         self.config = config
         self.placeholder_ids: dict[str, int] = {}
+        self._truncated: set[str] = set()  # prompts already warned about, so each is reported once
         for token in learned_tokens:
             self.add_token(token)
 
@@ -109,9 +118,15 @@ class PromptTokenizer:
 
     def encode(self, prompt: str) -> np.ndarray:
         """Ids of one prompt: [1, max_length] int64, padded and truncated like FluxPipeline."""
-        ids = self._tokenizer.encode(prompt).ids
+        encoding = self._tokenizer.encode(prompt)
+        ids = encoding.ids
         length = self.config.max_length
         if len(ids) > length:
+            if prompt not in self._truncated:
+                self._truncated.add(prompt)
+                kept_chars = max(end for _, end in encoding.offsets[:length - 1])
+                log.warning("the prompt is %d tokens for %s, which reads %d; %r is ignored (as in diffusers).",
+                            len(ids), self.name, length, prompt[kept_chars:].strip())
             ids = ids[:length - 1] + [self.config.eos_token_id]
         ids = ids + [self.config.pad_token_id] * (length - len(ids))
         return np.asarray(ids, dtype=np.int64)[None, :]

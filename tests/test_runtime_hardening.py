@@ -118,3 +118,110 @@ def test_bytes_flipped_with_the_mtime_put_back_are_found_on_the_next_run(desktop
     assert "transformer/model.onnx_data: sha256" in _one_error_line(second)
     assert not (tmp_path / "b").exists()
 
+
+
+# ------------------------------------------------------------------ ralu-run: one sentence, nothing written
+
+def _ralu_run(bundle: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    return _run("ralu_runtime.cli_run", "--bundle", str(bundle), "--steps", "1", "--threads", "1",
+                "--out", str(out), *args)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "x", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    (["--prompt", "x", "--threads", "-4"], "--threads must be 0 (all cores) or a positive count, got -4"),
+    (["--prompt", "x", "--steps", "0"], "--steps must be at least 1, got 0"),
+    (["--prompt", "a red circle", "--prompt", "   "], "the prompt is empty"),
+    (["--prompt", "a red circle", "--prompt", "a <nope>"], "prompt uses '<nope>'"),
+])
+def test_ralu_run_refuses_before_writing_anything(desktop_bundle, tmp_path, args, message):
+    done = _ralu_run(desktop_bundle, tmp_path / "o", *args)
+    assert message in _one_error_line(done)
+    assert not (tmp_path / "o").exists()
+
+
+def test_ralu_run_refuses_an_out_that_is_a_file(desktop_bundle, tmp_path):
+    taken = tmp_path / "o"
+    taken.write_text("mine")
+    done = _ralu_run(desktop_bundle, taken, "--prompt", "a red circle")
+    assert "exists and is not a folder" in _one_error_line(done)
+    assert taken.read_text() == "mine"
+
+
+def test_ralu_run_refuses_a_png_path_taken_by_a_folder_before_the_first_image(desktop_bundle, tmp_path):
+    out = tmp_path / "o"
+    (out / "001-baseline-seed1.png").mkdir(parents=True)  # the second prompt's image
+    done = _ralu_run(desktop_bundle, out, "--prompt", "a red circle", "--prompt", "a blue star")
+    assert "001-baseline-seed1.png: exists and is not a file" in _one_error_line(done)
+    assert sorted(p.name for p in out.iterdir()) == ["001-baseline-seed1.png"]
+
+
+def test_a_manifest_with_a_wrong_token_channels_is_refused_in_one_sentence(desktop_bundle, tmp_path):
+    copy = _copy(desktop_bundle, tmp_path)
+    _edit_manifest(copy, lambda d: d["denoiser"].__setitem__("token_channels", 12))
+    done = _ralu_run(copy, tmp_path / "o", "--prompt", "a red circle")
+    assert "denoiser.token_channels is 12" in _one_error_line(done)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_graph_spec_that_disagrees_with_the_graph_file_is_refused_at_load(desktop_bundle, tmp_path):
+    copy = _copy(desktop_bundle, tmp_path)
+
+    def edit(data):
+        graph = next(g for g in data["graphs"] if g["role"] == "vae_decoder")
+        graph["inputs"][0]["name"] = "latents"
+
+    _edit_manifest(copy, edit)
+    done = _ralu_run(copy, tmp_path / "o", "--prompt", "a red circle")
+    assert "vae_decoder/model.onnx: the graph has no input 'latents'" in _one_error_line(done)
+
+
+def _resign(bundle: Path, relative: str) -> None:
+    """Make the manifest vouch for the file's new bytes, as a careless re-packager would."""
+    import hashlib
+
+    data = (bundle / relative).read_bytes()
+
+    def edit(manifest):
+        entry = next(f for f in manifest["files"] if f["path"] == relative)
+        entry["sha256"], entry["size"] = hashlib.sha256(data).hexdigest(), len(data)
+
+    _edit_manifest(bundle, edit)
+
+
+def test_a_nan_graph_output_is_an_error_naming_the_graph_not_a_black_image(desktop_bundle, tmp_path):
+    import numpy as np
+
+    copy = _copy(desktop_bundle, tmp_path)
+    weights = copy / "transformer" / "model.onnx_data"
+    weights.write_bytes(np.full(weights.stat().st_size // 4, np.nan, np.float32).tobytes())
+    _resign(copy, "transformer/model.onnx_data")
+    done = _ralu_run(copy, tmp_path / "o", "--prompt", "a red circle")
+    assert "transformer/denoiser.onnx: output 'velocity' holds NaN or infinite values" in _one_error_line(done)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_long_prompt_is_cut_with_one_warning_per_tokenizer(desktop_bundle, tmp_path):
+    prompt = "a red circle on the left and " * 8 + "a tiny green star"
+    done = _ralu_run(desktop_bundle, tmp_path / "o", "--prompt", prompt)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2 and all("'a tiny green star' is ignored" in w or "is ignored" in w for w in warnings)
+    assert "tokenizer," in warnings[0] and "tokenizer_2," in warnings[1]
+
+
+def test_compare_labels_each_panel_and_json_reports_peak_memory(desktop_bundle, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    done = _ralu_run(desktop_bundle, tmp_path / "o", "--prompt", "a red circle", "--compare", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert 50 < report["peak_rss_mb"] < 4096
+    grid_path = next(r["out"] for r in report["images"] if r["mode"] == "compare")
+    grid = np.asarray(Image.open(grid_path))
+    panel = np.asarray(Image.open(report["images"][0]["out"]))
+    band = grid.shape[0] - panel.shape[0]
+    assert band > 0 and np.array_equal(grid[band:, :panel.shape[1]], panel)  # the image under its label
+    labels = grid[:band]
+    assert (labels < 128).any() and (labels == 255).mean() > 0.5  # dark text on white
