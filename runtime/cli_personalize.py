@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from ralu_edge.errors import UserError
+from ralu_runtime.memory import peak_rss_mb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -59,7 +61,26 @@ def load_images(folder: Path, size: int):
         raise UserError(f"{folder}: no PNG or JPEG images in it.")
     if len(files) > 20:
         raise UserError(f"{folder}: {len(files)} images; personalization uses 1-20, pick the best ones.")
-    return np.stack([load_rgb(f, size) for f in files]), files
+    return np.stack([load_rgb(f, size, min_side=size // 4) for f in files]), files
+
+
+def check_outputs(args) -> Path:
+    """Refuse, before any work, an --out that cannot be written and numbers no run can use; returns the
+    checkpoint folder beside --out."""
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (all cores) or a positive count, got {args.threads}.")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {args.seed}.")
+    out = args.out
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: the output folder does not exist; create it first.")
+    if out.exists() and not out.is_file():
+        raise UserError(f"{out}: exists and is not a file; pass the path of the learned_embeds.safetensors to "
+                        "write, e.g. {out}/learned_embeds.safetensors.".replace("{out}", str(out)))
+    checkpoint = out.with_name(out.name + ".checkpoint")
+    if checkpoint.exists() and not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: exists and is not a checkpoint folder; move it away or pick another --out.")
+    return checkpoint
 
 
 def config_from_args(args):
@@ -77,17 +98,19 @@ def config_from_args(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
     try:
         from tqdm import tqdm
 
         from ralu_runtime.personalize import Personalizer
 
         config = config_from_args(args)
-        if not args.out.parent.is_dir():
-            raise UserError(f"{args.out.parent}: the output folder does not exist; create it first.")
+        checkpoint = check_outputs(args)
         personalizer = Personalizer.from_bundle(args.bundle, threads=args.threads)
         images, files = load_images(args.images, personalizer.resolution.height)
-        checkpoint = args.out.with_name(args.out.name + ".checkpoint")
+        if args.resume and not (checkpoint / "state.json").is_file():
+            logging.getLogger(__name__).warning("no checkpoint at %s to resume from; starting at step 0.",
+                                                checkpoint)
         bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
 
         def on_step(step: int, loss: float) -> None:
@@ -107,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps({"out": str(path), "token": result.token, "steps": result.steps_done,
+                          "peak_rss_mb": peak_rss_mb(),
                           "resumed_from": result.resumed_from, "seconds_per_step": result.seconds_per_step,
                           "final_loss": result.losses[-1] if result.losses else None,
                           "images": [str(f) for f in files]}))

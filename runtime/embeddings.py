@@ -4,12 +4,13 @@ token string in the file's metadata. Read and written without torch (safetensors
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import Manifest
@@ -43,7 +44,12 @@ def load_learned_embeds(path: Path, manifest: Manifest) -> LearnedTokens:
         key = entry_names(manifest)[encoder.name]
         if key not in arrays:
             raise UserError(f"{path}: no {key!r} entry for {encoder.name}; the file was made for another model.")
+        if arrays[key].dtype.kind != "f":
+            raise UserError(f"{path}: {key!r} holds {arrays[key].dtype} values, not floats; write the file with "
+                            "ralu-personalize.")
         vec = np.asarray(arrays[key], dtype=np.float32).reshape(-1)
+        if not np.isfinite(vec).all():
+            raise UserError(f"{path}: {key!r} holds NaN or infinite values; train the token again.")
         if vec.shape != (encoder.hidden_size,):
             raise UserError(f"{path}: {key!r} has {vec.size} values but {encoder.name} needs "
                             f"{encoder.hidden_size}; the file was made for another model.")
@@ -53,10 +59,26 @@ def load_learned_embeds(path: Path, manifest: Manifest) -> LearnedTokens:
 
 def save_learned_embeds(path: Path, token: str, per_encoder: dict[str, np.ndarray], manifest: Manifest,
                         extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write the file atomically (temporary name in the same folder, then os.replace)."""
+    """Write the file atomically (temporary name in the same folder, then os.replace), byte-identical for
+    identical inputs and with the permissions of any new file (umask), not 0600."""
     keys = entry_names(manifest)
     tensors = {keys[name]: np.asarray(vec, dtype=np.float32).reshape(1, -1) for name, vec in per_encoder.items()}
+    data = canonical_safetensors(save(tensors, metadata={"format": "pt", "token": token, **(extra_metadata or {})}))
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "token": token, **(extra_metadata or {})})
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: the library writes its metadata map in a
+    per-process random order (a Rust HashMap), so two identical runs would write different bytes. The tensor
+    data and offsets are untouched; the header is re-padded with spaces to 8 bytes as the format asks."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]

@@ -225,3 +225,86 @@ def test_compare_labels_each_panel_and_json_reports_peak_memory(desktop_bundle, 
     assert band > 0 and np.array_equal(grid[band:, :panel.shape[1]], panel)  # the image under its label
     labels = grid[:band]
     assert (labels < 128).any() and (labels == 255).mean() > 0.5  # dark text on white
+
+
+# --------------------------------------------------------- ralu-personalize: validate outputs before work
+
+def _image_folder(path: Path, n: int = 2, size: int = 128) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    return path
+
+
+def _personalize(bundle: Path, images: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run("ralu_runtime.cli_personalize", "--bundle", str(bundle), "--images", str(images), "--token",
+                "<blob>", "--init-word", "square", "--threads", "1", "--out", str(out), *extra)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out_is_folder", "exists and is not a file"),
+    ("threads", "--threads must be 0 (all cores) or a positive count, got -4"),
+    ("tiny_image", "1x1 pixels, too small to learn from"),
+])
+def test_ralu_personalize_refuses_before_the_first_step_and_leaves_nothing(desktop_bundle, tmp_path, case, message):
+    images = _image_folder(tmp_path / "imgs", size=1 if case == "tiny_image" else 128)
+    out = tmp_path / "work" / "learned.safetensors"
+    out.parent.mkdir()
+    if case == "out_is_folder":
+        out.mkdir()
+    extra = ["--threads", "-4"] if case == "threads" else []
+    done = _personalize(desktop_bundle, images, out, "--steps", "3", "--checkpoint-every", "1", *extra)
+    assert message in _one_error_line(done)
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == (["learned.safetensors"] if case == "out_is_folder" else [])
+    assert not (out.is_dir() and any(out.iterdir()))
+
+
+def test_resume_without_a_checkpoint_says_it_starts_over(desktop_bundle, tmp_path):
+    images = _image_folder(tmp_path / "imgs", n=1)
+    done = _personalize(desktop_bundle, images, tmp_path / "l.safetensors", "--steps", "1", "--resume", "--json")
+    assert done.returncode == 0, done.stderr
+    assert f"warning: no checkpoint at {tmp_path / 'l.safetensors.checkpoint'} to resume from" in done.stderr
+    assert json.loads(done.stdout)["resumed_from"] == 0 and json.loads(done.stdout)["peak_rss_mb"] > 50
+
+
+def test_identical_runs_write_identical_learned_embedding_files_readable_by_others(desktop_bundle, tmp_path):
+    import stat
+
+    images = _image_folder(tmp_path / "imgs", n=1)
+    files = []
+    for name in ("a", "b"):
+        done = _personalize(desktop_bundle, images, tmp_path / f"{name}.safetensors", "--steps", "2", "--seed", "4")
+        assert done.returncode == 0, done.stderr
+        files.append(tmp_path / f"{name}.safetensors")
+    assert files[0].read_bytes() == files[1].read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("nan", "holds NaN or infinite values"),
+    ("int", "holds int32 values, not floats"),
+    ("short", "has 3 values but text_encoder needs 128"),
+])
+def test_a_damaged_embeddings_file_is_refused_in_one_sentence(desktop_bundle, tmp_path, problem, message):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    vectors = {"clip_l": np.zeros((1, 128), np.float32), "t5": np.zeros((1, 128), np.float32)}
+    if problem == "nan":
+        vectors["t5"][0, 5] = np.nan
+    elif problem == "int":
+        vectors["clip_l"] = np.zeros((1, 128), np.int32)
+    else:
+        vectors["clip_l"] = np.zeros((1, 3), np.float32)
+    path = tmp_path / "e.safetensors"
+    save_file(vectors, str(path), metadata={"token": "<blob>"})
+    done = _ralu_run(desktop_bundle, tmp_path / "o", "--prompt", "a <blob>", "--embeddings", str(path))
+    assert message in _one_error_line(done)
+    assert not (tmp_path / "o").exists()
