@@ -1,7 +1,9 @@
 """`ralu-export` as a library: validate an export request, build the bundle for one target in a temporary
 folder beside the output, check every graph against torch, write the manifest last, and rename the folder
-into place. A failed or interrupted export leaves nothing behind (the temporary folder is removed); an
-existing output is replaced only with force=True, and only after the new bundle is complete.
+into place. A failed or interrupted export leaves nothing behind (the temporary folder is removed, and so
+are the parent folders it created; a folder left by a killed export is removed by the next export to the same
+path, told apart from a running one by its flock); an existing output is replaced only with force=True, and
+only after the new bundle is complete.
 
 Straight-line stages, one function each: plan_export (all user errors, before any model loads) ->
 export graphs (ONNX + parity; onnx_export, quantize) -> target packaging (ort_format, executorch_export,
@@ -9,12 +11,19 @@ coreml_export) -> pipeline files and tokenizers (pipeline_files) -> manifest -> 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so stale temporary folders are left for the user to delete
+    fcntl = None
 
 from ralu_edge import presets as ralu_presets
 from ralu_edge.errors import UserError
@@ -103,15 +112,25 @@ def _check_out(out: Path, force: bool) -> None:
         raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
     if out.exists() and not force:
         raise UserError(f"--out {out} already exists; pass --force to replace it or choose another folder.")
-    if not out.parent.is_dir():
-        raise UserError(f"the parent folder of --out {out} does not exist; create {out.parent} first.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another path.")
+            break
 
 
 def build_bundle(config: ExportConfig) -> Path:
     """Export the bundle described by `config`; returns its path. See the module docstring for guarantees."""
     plan = plan_export(config)
     out = Path(config.out)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    made = _make_parents(out)
+    try:
+        _remove_stale_temporaries(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    except BaseException:
+        _remove_empty(made)
+        raise
+    lock = _lock_folder(tmp)  # held until the bundle is published, so a later export can tell it is not stale
     try:
         graphs, extra = _build_graphs(plan, tmp)
         from ralu_export.pipeline_files import copy_pipeline_files, copy_tokenizers
@@ -127,8 +146,62 @@ def build_bundle(config: ExportConfig) -> Path:
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(made)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return out
+
+
+def _make_parents(out: Path) -> list[Path]:
+    """Create the missing parent folders of `out` (as `mkdir -p`); returns those created, deepest first."""
+    missing = [p for p in out.parents if not p.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create {out.parent} ({e.strerror}); choose another path.") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _lock_folder(folder: Path) -> int | None:
+    """An open descriptor holding an exclusive flock on `folder` (released by the kernel when the process
+    ends, however it ends); None where flock does not exist."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete `<out>.tmp-*` folders left by exports that were killed (SIGKILL, power loss: no cleanup ran).
+    A folder whose lock can be taken has no live exporter; one still locked belongs to a running export."""
+    if fcntl is None:
+        return
+    for folder in out.parent.glob(f"{glob.escape(out.name)}.tmp-*"):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a running export holds it
+        finally:
+            os.close(fd)
+        log.info("removing %s, left by an export that did not finish", folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 _COMPONENT_FOLDERS = {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder", "vae_encoder"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="`shapes` (built in) or the path of a local diffusers FluxPipeline folder")
     parser.add_argument("--target", required=True, choices=TARGETS, help="which runtime the bundle is for")
     parser.add_argument("--out", required=True, type=Path,
-                        help="bundle folder to create; its parent must exist")
+                        help="bundle folder to create (missing parent folders are created too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="denoiser precision; int8 = per-channel int8 weights (QDQ) on its linear layers, "
                              "attention stays float. Text encoders are int8 on android/executorch/ios either way")
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out folder (only once the new bundle is complete)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object instead of the path")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only (no per-component progress)")
+    parser.add_argument("--quiet", action="store_true", help="print errors only: no progress, no parity table (the JSON or the path still goes to stdout)")
     return parser
 
 
@@ -76,10 +77,40 @@ def parity_table(manifest) -> str:
     return "\n".join(lines)
 
 
+def quiet_third_party_output() -> None:
+    """Keep the libraries the exporter drives from talking on stderr, so it shows only the export's own progress,
+    its parity table and errors. Every silenced message is about the libraries' own setup, not the export:
+    torchao's optional CUDA kernels and missing triton, torch.onnx's "torchvision is not installed" per export,
+    FutureWarnings inside torch, diffusers' "pip install accelerate" and its loading bar, onnx's reference
+    evaluator dividing by zero while quantizing, and ONNX Runtime's note that the text encoders' placeholder
+    inputs are also initializers: they are, on purpose (optional inputs with an empty default, so optimum's
+    ORTDiffusionPipeline can feed input_ids alone), so the warning is about a choice, not a defect. The
+    libraries' own verbosity variables, when set, still win."""
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # read when diffusers first logs, before our imports
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore")  # Python warnings from the libraries; ours stay visible:
+    warnings.filterwarnings("default", module=r"ralu_(edge|export|runtime)(\.|$)")
+    for name in ("torchao", "onnxscript", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import onnxruntime
+    import torch
+    from onnxruntime.tools.ort_format_model import utils as ort_format_utils
+
+    torch._logging.set_logs(all=logging.ERROR)  # torch sets its loggers' levels itself, on import
+    ort_format_utils.log.setLevel(logging.WARNING)  # the ORT tool sets DEBUG on import
+    onnxruntime.set_default_logger_severity(3)  # errors only, for sessions that set no severity of their own
+    import diffusers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("ralu_export").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    quiet_third_party_output()
+    logging.getLogger("ralu_export").setLevel(logging.ERROR if args.quiet else logging.INFO)
     from ralu_edge.manifest import read_manifest
     from ralu_export.bundle import ExportConfig, build_bundle
     from ralu_export.onnx_files import ParityError
@@ -101,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; no bundle was written", file=sys.stderr)
         return 130
     manifest = read_manifest(out)
-    print(parity_table(manifest), file=sys.stderr)
+    if not args.quiet:
+        print(parity_table(manifest), file=sys.stderr)
     if args.json:
         print(json.dumps({
             "out": str(out), "target": manifest.target, "precision": manifest.precision,

@@ -212,7 +212,7 @@ def check_parity(name: str, run, reference, cases: list[tuple[str, dict[str, tor
     parity = Parity(reference=reference_name, metric=metric, tolerance=tolerance,
                     max_abs_error=result.max_abs_error, max_rel_error=result.max_rel_error, cosine=result.cosine,
                     passed=passed, cases=tuple(label for label, _ in cases))
-    log.info("parity %s: max abs %.3g, max rel %.3g, cosine %.6f (%s %s %g)", name, result.max_abs_error,
+    log.debug("parity %s: max abs %.3g, max rel %.3g, cosine %.6f (%s %s %g)", name, result.max_abs_error,
              result.max_rel_error, result.cosine, metric, "<=" if metric == "max_rel" else ">=", tolerance)
     if not passed:
         raise ParityError(f"graph {name!r} fails parity against {reference_name}: max abs "

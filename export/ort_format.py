@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 ORT_MAX_BYTES = 2 * 1024**3
 OPERATORS_CONFIG = "required_operators.config"
 USABILITY_FOLDER = "mobile_usability"
@@ -129,9 +130,14 @@ def convert_folder(root: Path, graphs: dict[str, tuple[Path, list[Path]]],
     hidden = {name: graphs[name][0].with_name(graphs[name][0].name + ".staged") for name in too_big}
     for name, path in hidden.items():  # the converter takes every *.onnx under root (os.walk, hidden folders
         graphs[name][0].rename(path)   # too): the ones that stay .onnx change suffix meanwhile
+    chatter = io.StringIO()  # the tool prints a line per graph; shown only when the conversion fails
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(chatter):
             _convert_fixed_arm(root, session_config)
+        log.info("converted %d graphs to ORT format", len(graphs) - len(too_big))
+    except BaseException:
+        sys.stderr.write(chatter.getvalue())
+        raise
     finally:
         for name, path in hidden.items():
             path.rename(graphs[name][0])

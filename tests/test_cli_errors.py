@@ -47,3 +47,10 @@ def test_corrupt_model_folder_exits_2(tmp_path):
 def test_missing_prompts_file_exits_2(tmp_path):
     out = _run("ralu_export.generate", "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "no such prompts file" in _last_line(out.stderr)
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--threads"])
+def test_eval_refuses_a_negative_count(flag):
+    out = _run("ralu_export.eval.cli", "--model", "shapes", flag, "-1")
+    assert out.returncode == 2
+    assert _last_line(out.stderr).startswith("error: --limit and --threads must be 0 (all) or positive")

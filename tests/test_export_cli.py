@@ -56,10 +56,82 @@ def test_an_output_path_that_is_a_file_is_refused_even_with_force(capsys, tmp_pa
     assert "is an existing file" in line
 
 
-def test_an_output_whose_parent_is_missing_is_refused(capsys, tmp_path):
+def test_an_output_below_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "plain").write_text("a file")
     line = _refused(capsys, tmp_path, "--model", "shapes", "--target", "desktop",
-                    "--out", str(tmp_path / "no" / "bundle"))
-    assert "does not exist; create" in line
+                    "--out", str(tmp_path / "plain" / "sub" / "bundle"))
+    assert "plain is a file, not a folder" in line
+
+
+def test_only_temporary_folders_without_a_live_exporter_are_removed(tmp_path):
+    """A killed export's `<out>.tmp-*` folder is removed by the next export; one whose exporter still runs (it
+    holds the folder's flock, here a real second process) is left alone."""
+    import time
+
+    from ralu_export.bundle import _remove_stale_temporaries
+
+    stale, live = tmp_path / "b.tmp-dead", tmp_path / "b.tmp-live"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "part.onnx").write_bytes(b"x")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(live)!r}, os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / "other.tmp-x").mkdir()  # another bundle's temporary folder is not ours to judge
+        _remove_stale_temporaries(tmp_path / "b")
+        assert not stale.exists() and (live / "part.onnx").exists() and (tmp_path / "other.tmp-x").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.05)
+    _remove_stale_temporaries(tmp_path / "b")
+    assert not live.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_export_leaves_a_folder_the_next_export_removes_and_parents_are_created(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "new" / "parents" / "bundle"
+    cmd = [sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", "android", "--quiet",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.parent.glob("bundle.tmp-*")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert [p.name.startswith("bundle.tmp-") for p in out.parent.iterdir()] == [True]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["bundle"]
+    assert done.stderr == "" and done.stdout == f"{out}\n"  # --quiet: nothing but errors
+
+
+def test_an_android_export_prints_only_its_progress_and_parity_table(tmp_path):
+    """The README's main command, as a new user runs it: no library chatter on stderr, only one progress line
+    per exported graph, one for the ORT conversion, and the parity table (issue 13: it used to be ~80 lines)."""
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", "android",
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"{out}\n"
+    from ralu_edge.manifest import read_manifest
+    from ralu_export.cli import parity_table
+
+    table = parity_table(read_manifest(out))
+    lines = done.stderr.splitlines()
+    progress = lines[:-len(table.splitlines())]
+    assert "\n".join(lines[len(progress):]) == table
+    graphs = read_manifest(out).graphs
+    assert [line.split(":")[0] for line in progress] == (
+        ["INFO ralu_export.graph_build"] * len(graphs) + ["INFO ralu_export.ort_format"]), done.stderr
 
 
 def test_help_runs_as_a_module_and_names_every_target():

@@ -96,6 +96,8 @@ def _write_grid(path: Path, images) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.limit < 0 or args.threads < 0:
+            raise UserError(f"--limit and --threads must be 0 (all) or positive, got {args.limit} and {args.threads}.")
         if args.threads:
             import torch
 
