@@ -1,8 +1,8 @@
 """SD3-class models on the RALU seam (spec/RALU.md §9.7): host-side patchify and its inverse in SD3's output
 layout, 2-D sin-cos position embeddings at arbitrary (fractional) coordinates that reproduce diffusers'
 `PatchEmbed` crop at integer ones, the mapping from the sampler's positions to SD3 coordinates, the joint
-text sequence StableDiffusion3Pipeline builds from CLIP-L, CLIP-G and T5, and classifier-free guidance as
-a wrapper around any denoiser. Depends on numpy only.
+text sequence StableDiffusion3Pipeline builds from CLIP-L, CLIP-G and T5. Classifier-free guidance, which
+FLUX-family bundles use too, lives in `ralu_edge.guidance` (re-exported here). Depends on numpy only.
 
 Layouts: packed tokens are [B, L, p·p·C] in (c, dy, dx) order, exactly `ralu_edge.tokens.pack_latents`
 (SD3's patch conv flattens its kernel the same way, so the conv is a Linear on these tokens). The SD3
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ralu_edge.seam import Conditioning, Denoiser
+from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings  # noqa: F401 (moved; old imports work)
 from ralu_edge.tokens import pack_latents, unpack_latents
 
 patchify = pack_latents
@@ -147,35 +147,3 @@ def joint_text_states(clip_states: list[np.ndarray], t5_states: np.ndarray) -> n
     if clip.shape[-1] < width:
         clip = np.pad(clip, ((0, 0), (0, 0), (0, width - clip.shape[-1])))
     return np.concatenate([clip[..., :width], t5_states], axis=1)
-
-
-def stack_conditionings(first: Conditioning, second: Conditioning) -> Conditioning:
-    """One Conditioning of batch B1 + B2 (first's rows, then second's): CFG's [negative, prompt] batch."""
-    guidance = None
-    if first.guidance is not None and second.guidance is not None:
-        guidance = np.concatenate([first.guidance, second.guidance])
-    return Conditioning(text_states=np.concatenate([first.text_states, second.text_states]),
-                        pooled=np.concatenate([first.pooled, second.pooled]), guidance=guidance,
-                        text_positions=first.text_positions)
-
-
-@dataclass(frozen=True)
-class ClassifierFreeGuidance:
-    """A denoiser with classifier-free guidance over an inner one (diffusers SD3: v = v_u + s·(v_c − v_u)).
-
-    The seam call takes tokens [B, L, C] and a Conditioning of batch 2B, the B negative ("") rows first;
-    the inner denoiser sees both halves in one batch-2B call. scale 1 still runs both halves (a caller
-    that wants one pass should not wrap)."""
-
-    inner: Denoiser
-    scale: float
-
-    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray,
-                 cond: Conditioning) -> np.ndarray:
-        batch = tokens.shape[0]
-        if cond.text_states.shape[0] != 2 * batch:
-            raise ValueError(f"guidance needs a conditioning of batch {2 * batch} (negative rows first), got "
-                             f"{cond.text_states.shape[0]}")
-        both = self.inner(np.concatenate([tokens, tokens]), positions, np.concatenate([sigmas, sigmas]), cond)
-        uncond, text = both[:batch], both[batch:]
-        return (uncond + np.float32(self.scale) * (text - uncond)).astype(np.float32)

@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="image height; must be a resolution of the bundle")
     p.add_argument("--width", type=int, default=None, help="image width; must be a resolution of the bundle")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale for bundles that use CFG (SD3; default 7.0 as diffusers); "
-                        "FLUX bundles are guidance-distilled and reject it")
+                   help="classifier-free guidance scale (negative prompt \"\") for bundles whose manifest records "
+                        "one (default: that scale: SD3 7.0 as diffusers, a FLUX model's sampling.json); other "
+                        "bundles reject it")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     p.add_argument("--json", action="store_true", help="print one JSON object with paths and stats")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare:
                 grid = save_png(next(paths), side_by_side([r.image for _, r in row],
                                                           [f"{m} {r.stats.seconds_total:.2f} s" for m, r in row]),
-                                parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed}))
+                                parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed,
+                                                         **({"CFG scale": scale} if scale is not None else {})}))
                 results.append({"out": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
     except UserError as e:
         _remove_if_empty(args.out, created_out)

@@ -3,8 +3,9 @@ backends -> sigma schedule or RALU preset -> a ralu_edge sampler over the denois
 
 Modes: `baseline` (the source pipeline's Euler schedule with `steps`: FLUX's dynamic shift, SD3's static
 one), or `ralu-<N>x` for each preset the bundle carries (`flux-4x` -> `ralu-4x` for the FLUX family,
-`sd3-2x` -> `ralu-2x` for SD3). SD3-class bundles run classifier-free guidance ([negative "", prompt] as one
-batch of 2 per step) with the bundle's default scale unless told otherwise."""
+`sd3-2x` -> `ralu-2x` for SD3). A bundle whose manifest has a `denoiser.guidance_scale` (SD3 always; a FLUX-family
+model whose pipeline folder recorded one in sampling.json) runs classifier-free guidance in every mode:
+[negative "", prompt] as one batch of 2 per step, at that scale unless told otherwise."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import numpy as np
 
 from ralu_edge import presets as ralu_presets
 from ralu_edge.errors import UserError
+from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.rng import rng_for
 from ralu_edge.sampler import (
     StageInfo, baseline_image_token_steps, image_token_steps, ralu_sample, sample_baseline,
 )
 from ralu_edge.schedules import flux_baseline_sigmas, sd3_baseline_sigmas
-from ralu_edge.sd3 import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.tokens import unpack_latents
 from ralu_runtime.backends import LearnedTokens, OrtTextEncoders, OrtVae, RunClock, open_denoiser
 from ralu_runtime.bundle import Bundle, open_bundle
@@ -113,8 +114,8 @@ class Pipeline:
     def __call__(self, prompt: str, *, mode: str = "baseline", steps: int = 28, seed: int = 0,
                  edge_proxy: str = "latent_grad", on_step=None, guidance_scale: float | None = None
                  ) -> GenerationResult:
-        """One image. guidance_scale: classifier-free guidance for bundles that use it (SD3; None = the
-        bundle's default, 7.0 as diffusers); a bundle without CFG (FLUX) rejects it."""
+        """One image. guidance_scale: classifier-free guidance scale for bundles whose manifest records one
+        (None = the manifest's `denoiser.guidance_scale`); a bundle without one rejects it."""
         if mode not in self.modes:
             raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
         self.check_prompt(prompt)
@@ -124,7 +125,7 @@ class Pipeline:
         started = time.perf_counter()
         cond = self.text.encode(prompt)
         denoiser = self.denoiser
-        if scale is not None:  # diffusers SD3: negative prompt "" first, then the prompt, in one batch
+        if scale is not None:  # diffusers SD3 and FluxPipeline(true_cfg_scale): negative "" first, then the prompt
             cond = stack_conditionings(self.text.encode(""), cond)
             denoiser = ClassifierFreeGuidance(self.denoiser, scale)
         t_text = time.perf_counter()
@@ -141,13 +142,14 @@ class Pipeline:
         return GenerationResult(image, stats)
 
     def check_guidance_scale(self, requested: float | None) -> float | None:
-        """The CFG scale a call will use (None for bundles without CFG); refuses a bad request."""
+        """The CFG scale a call will use: the request, else the manifest's `denoiser.guidance_scale` (None: no
+        CFG). A bundle whose manifest records no scale was not made for CFG, so a request is refused."""
         default = self.bundle.manifest.denoiser.guidance_scale
         if requested is None:
             return default
         if default is None:
-            raise UserError("this bundle's model does not use classifier-free guidance (FLUX is guidance-"
-                            "distilled); leave the guidance scale unset.")
+            raise UserError("this bundle's manifest records no classifier-free guidance scale (its model was not "
+                            "trained for CFG), so leave --guidance-scale unset.")
         if not requested >= 1.0:
             raise UserError(f"guidance scale {requested} is below 1; use e.g. {default}.")
         return float(requested)

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-MODULES = ["schedules", "presets", "ntfit", "tokens", "rope", "renoise", "edges", "sampler"]
+MODULES = ["schedules", "presets", "ntfit", "tokens", "rope", "renoise", "edges", "sampler", "guidance"]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _PROBE = """

@@ -119,7 +119,7 @@ def test_ralu_run_writes_pngs_with_parameters_and_json_stats(desktop_bundle, tmp
     (["--prompt", "a red <my-cat>"], "prompt uses '<my-cat>', which no loaded embedding defines"),
     (["--prompt", "x", "--height", "256"], "this bundle generates 128x128 images, not 256x128"),
     (["--prompt", "x", "--embeddings", "BROKEN"], "not a readable safetensors file"),
-    (["--prompt", "x", "--guidance-scale", "5"], "does not use classifier-free guidance"),
+    (["--prompt", "x", "--guidance-scale", "5"], "records no classifier-free guidance scale"),
 ])
 def test_ralu_run_user_errors_exit_2_and_write_nothing(desktop_bundle, tmp_path, args, message):
     if "--bundle" not in args:
