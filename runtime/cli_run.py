@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (negative prompt \"\") for bundles whose manifest records "
                         "one (default: that scale: SD3 7.0 as diffusers, a FLUX model's sampling.json); other "
                         "bundles reject it")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime intra-op threads (0 = all cores); ORT splits its sums per thread count, so "
+                        "another count can move a pixel by one level, while the same count and seed repeat exactly")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created if missing)")
     p.add_argument("--json", action="store_true", help="print one JSON object with paths and stats")
     p.add_argument("--no-progress", action="store_true", help="hide the per-step progress bar")
