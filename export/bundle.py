@@ -33,7 +33,7 @@ from ralu_edge.manifest import (
     PresetStages, Resolution, RopeSpec, StageGraph, TextEncoderSpec, VaeSpec, file_entries, write_manifest,
 )
 from ralu_export.families import FamilySpec, Geometry, family_for
-from ralu_export.models import resolve_model
+from ralu_export.models import RecordedSampling, recorded_sampling, resolve_model
 from ralu_export.targets import PRECISIONS, TargetSpec, target_spec
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated request: the model folder, family, target, geometry and presets."""
+    """A validated request: the model folder, family, target, geometry, presets and the sampling settings
+    the folder records (sampling.json)."""
 
     config: ExportConfig
     source: Path
@@ -65,6 +66,13 @@ class Plan:
     target: TargetSpec
     geometry: Geometry
     presets: tuple[ralu_presets.RaluPreset, ...]
+    sampling: RecordedSampling = RecordedSampling()
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The manifest's classifier-free guidance scale: the model's recorded true_cfg_scale, else the
+        family's default (SD3 7.0 as diffusers; FLUX None, no CFG)."""
+        return self.sampling.true_cfg_scale if self.sampling.guided else self.family.guidance_scale
 
     @property
     def resolution(self) -> Resolution:
@@ -88,6 +96,7 @@ def plan_export(config: ExportConfig) -> Plan:
         raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
     _check_out(Path(config.out), config.force)
     source = resolve_model(config.model)
+    sampling = recorded_sampling(source)
     index = json.loads((source / "model_index.json").read_text())
     family = family_for(index.get("_class_name"))
     vae_config = json.loads((source / "vae" / "config.json").read_text())
@@ -104,7 +113,7 @@ def plan_export(config: ExportConfig) -> Plan:
     if not names:
         raise UserError("no RALU preset requested; pass e.g. --presets flux-4x.")
     chosen = tuple(ralu_presets.get(name) for name in names)
-    return Plan(config, source, index["_class_name"], family, target, geometry, chosen)
+    return Plan(config, source, index["_class_name"], family, target, geometry, chosen, sampling)
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -276,7 +285,8 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
             rope_token_dim="num_rope_tokens", stage_lengths=plan.stage_lengths,
             token_channels=g.token_channels, text_length=sizes.get("joint_text_length", g.text_length),
             text_dim=g.text_dim, pooled_dim=g.pooled_dim, guidance=g.guidance, timestep=family.timestep,
-            stage_graphs=stages, full_res_graph=full_res, **_sd3_denoiser_fields(family, g),
+            stage_graphs=stages, full_res_graph=full_res, guidance_scale=plan.guidance_scale,
+            **_sd3_denoiser_fields(family, g),
         ),
         text_encoders=encoders, tokenizers=tokenizers, graphs=tuple(graphs), presets=presets,
         files=file_entries(root), notes=notes,
@@ -294,13 +304,13 @@ def _output_name(graphs: list[GraphEntry], graph: str, name: str) -> str:
 
 
 def _sd3_denoiser_fields(family: FamilySpec, g: Geometry) -> dict:
-    """The DenoiserSpec fields of SD3-class families (absolute positions, CFG, output layout, plain schedule);
+    """The DenoiserSpec fields of SD3-class families (absolute positions, output layout, plain schedule);
     empty for FLUX, whose defaults they are."""
     if family.positions != "sincos":
         return {}
     sizes = g.sizes()
-    return {"positions": "sincos", "output_order": family.output_order, "guidance_scale": family.guidance_scale,
-            "baseline_schedule": family.baseline_schedule, "baseline_shift": g.scheduler_shift,
+    return {"positions": "sincos", "output_order": family.output_order, "baseline_schedule": family.baseline_schedule,
+            "baseline_shift": g.scheduler_shift,
             "pos_embed": PosEmbedSpec(sizes["inner_dim"], sizes["pos_embed_max_size"], sizes["pos_base_size"], 1.0)}
 
 

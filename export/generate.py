@@ -1,6 +1,7 @@
 """`ralu-generate`: images from a diffusers FLUX pipeline (built-in `shapes` or a folder) with diffusers'
-own FluxPipeline, the torch reference path. Writes one PNG per prompt into --out, each carrying its
-generation parameters in a `parameters` text chunk (the A1111 convention); prints the written paths."""
+own FluxPipeline, the torch reference path, sampled as the model's sampling.json records (classifier-free
+guidance when it names a true_cfg_scale). Writes one PNG per prompt into --out, each carrying its generation
+parameters in a `parameters` text chunk (the A1111 convention, CFG scale included); prints the written paths."""
 
 from __future__ import annotations
 
@@ -33,16 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps < 1 or args.size % 16:
             raise UserError(f"--steps must be >= 1 and --size a multiple of 16 (got {args.steps}, {args.size}).")
         from ralu_export.eval.generate import flux_pipeline_images
-        from ralu_export.models import load_flux_pipeline
+        from ralu_export.models import load_flux_pipeline, recorded_sampling, resolve_model
 
+        sampling = recorded_sampling(resolve_model(args.model))
         pipe = load_flux_pipeline(args.model)
         seeds = [args.seed + i for i in range(len(prompts))]
-        images = flux_pipeline_images(pipe, prompts, seeds, args.steps, size=args.size)
+        images = flux_pipeline_images(pipe, prompts, seeds, args.steps, size=args.size, sampling=sampling)
+        cfg = f", CFG scale: {sampling.true_cfg_scale}" if sampling.guided else ""
         args.out.mkdir(parents=True, exist_ok=True)
         for i, (prompt, seed, image) in enumerate(zip(prompts, seeds, images)):
             path = args.out / f"{i:03d}-seed{seed}.png"
             save_png(path, image, f"{prompt}\nSteps: {args.steps}, Seed: {seed}, Size: {args.size}x{args.size}, "
-                                  f"Model: {args.model}, Sampler: FluxPipeline")
+                                  f"Model: {args.model}, Sampler: FluxPipeline{cfg}")
             print(path)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,16 +1,20 @@
-"""Resolving and loading diffusers pipelines: a built-in name (`shapes`) or a local pipeline folder.
-Every user mistake (unknown name, missing folder, corrupt files) becomes one UserError sentence."""
+"""Resolving and loading diffusers pipelines: a built-in name (`shapes`) or a local pipeline folder, and
+the sampling settings recorded with a model (`sampling.json`). Every user mistake (unknown name, missing
+folder, corrupt files, a malformed sampling.json) becomes one UserError sentence."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ralu_edge.errors import UserError
 from ralu_export import BUILTIN_MODELS, builtin_model_path
 
 SUPPORTED_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+SAMPLING_FILE = "sampling.json"
 
 
 def resolve_model(model: str) -> Path:
@@ -64,3 +68,55 @@ def _load_pipeline(pipeline_class, model: str):
                         "it.") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@dataclass(frozen=True)
+class RecordedSampling:
+    """How a model is meant to be sampled, as its pipeline folder records it in `sampling.json`.
+
+    true_cfg_scale: classifier-free guidance scale s > 1 (v = v_u + s·(v_c − v_u), the negative prompt's
+    velocity v_u first: diffusers FluxPipeline's `true_cfg_scale`), or None for no CFG (no file).
+    negative_prompt: the prompt of v_u; only "" (the empty prompt the model was trained to drop captions to)."""
+
+    true_cfg_scale: float | None = None
+    negative_prompt: str = ""
+
+    @property
+    def guided(self) -> bool:
+        return self.true_cfg_scale is not None
+
+    def flux_pipeline_kwargs(self, batch: int) -> dict:
+        """Keyword arguments that make FluxPipeline sample a batch of `batch` prompts this way ({} without CFG;
+        one negative prompt per prompt, since FluxPipeline does not broadcast a single one)."""
+        if not self.guided:
+            return {}
+        return {"true_cfg_scale": self.true_cfg_scale, "negative_prompt": [self.negative_prompt] * batch}
+
+
+def recorded_sampling(folder: str | Path) -> RecordedSampling:
+    """The sampling settings recorded in `folder/sampling.json`; no file means no CFG (RecordedSampling()).
+
+    Schema, a JSON object: {"true_cfg_scale": <finite number > 1>, "negative_prompt": ""}; negative_prompt
+    is optional ("" is the only value the runtime and the Kotlin core encode) and no other key is allowed.
+    Anything else is a UserError naming the file and the fix, raised before any model loads."""
+    path = Path(folder) / SAMPLING_FILE
+    if not path.exists():
+        return RecordedSampling()
+    fix = 'write e.g. {"true_cfg_scale": 3.0, "negative_prompt": ""} or delete the file for no guidance'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable JSON file ({e.__class__.__name__}); {fix}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: must hold a JSON object, not {type(data).__name__}; {fix}.")
+    unknown = sorted(set(data) - {"true_cfg_scale", "negative_prompt"})
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; {fix}.")
+    scale = data.get("true_cfg_scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 1:
+        raise UserError(f"{path}: true_cfg_scale must be a finite number above 1, got {scale!r}; {fix}.")
+    negative = data.get("negative_prompt", "")
+    if negative != "":
+        raise UserError(f"{path}: negative_prompt must be \"\" (the empty prompt; no tool encodes another), got "
+                        f"{negative!r}; {fix}.")
+    return RecordedSampling(float(scale), negative)

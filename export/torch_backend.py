@@ -10,15 +10,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ralu_edge.seam import Conditioning
+from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
+from ralu_edge.seam import Conditioning, Denoiser
 from ralu_edge.tokens import pack_latents, unpack_latents
+from ralu_export.models import RecordedSampling
 
 DEFAULT_GUIDANCE = 3.5  # diffusers FluxPipeline's default guidance_scale
 
 
 class TorchFluxDenoiser:
     """The seam `velocity[B, L, C] = denoiser(tokens[B, L, C], positions[L, 3], sigmas[B], cond)` over a diffusers
-    FluxTransformer2DModel, numpy in and out (float32 velocity).
+    FluxTransformer2DModel, numpy in and out (float32 velocity). Any batch B runs as one call, so classifier-free
+    guidance's [negative, prompt] batch needs nothing special (see `denoiser_as_recorded`).
 
     Positions go in as float `img_ids` and the conditioning's text positions as `txt_ids`: diffusers' FluxPosEmbed
     builds RoPE from float ids, so RALU's fractional stage-2 positions (spec/RALU.md §5) need no special path.
@@ -84,6 +87,30 @@ def encode_prompt(pipe, prompts: list[str], max_sequence_length: int = 32,
     )
 
 
+def encode_prompt_cfg(pipe, prompt: str, max_sequence_length: int = 32, negative_prompt: str = "",
+                      guidance_scale: float = DEFAULT_GUIDANCE) -> Conditioning:
+    """Classifier-free guidance conditioning of one prompt for a FLUX-family pipeline: batch 2, the negative
+    prompt's row first (text_states [2, T, D], pooled [2, D_pooled], guidance [2] for a guidance-distilled
+    transformer), each prompt encoded on its own as FluxPipeline does with `true_cfg_scale`. Wrap the
+    denoiser with ralu_edge.guidance.ClassifierFreeGuidance to use it."""
+    return stack_conditionings(encode_prompt(pipe, [negative_prompt], max_sequence_length, guidance_scale),
+                               encode_prompt(pipe, [prompt], max_sequence_length, guidance_scale))
+
+
+def conditioning_as_recorded(pipe, prompt: str, max_sequence_length: int, sampling: RecordedSampling) -> Conditioning:
+    """The conditioning a model's recorded sampling settings call for (ralu_export.models.recorded_sampling):
+    the CFG batch of `encode_prompt_cfg` when it records a true_cfg_scale, else `encode_prompt` of the prompt."""
+    if sampling.guided:
+        return encode_prompt_cfg(pipe, prompt, max_sequence_length, sampling.negative_prompt)
+    return encode_prompt(pipe, [prompt], max_sequence_length)
+
+
+def denoiser_as_recorded(denoiser: Denoiser, sampling: RecordedSampling) -> Denoiser:
+    """`denoiser` with classifier-free guidance at the recorded true_cfg_scale (it then takes the batch-2
+    conditioning of `conditioning_as_recorded`), or unchanged when the model records none."""
+    return ClassifierFreeGuidance(denoiser, sampling.true_cfg_scale) if sampling.guided else denoiser
+
+
 def packed_grid(pipe, height: int, width: int) -> tuple[int, int]:
     """(grid_h, grid_w) of the packed token grid FluxPipeline uses for an image of height × width pixels:
     H // (2·vae_scale_factor) each (16 × 16 for the built-in model at 128 px)."""
@@ -136,7 +163,7 @@ class TorchSd3Denoiser:
     (ralu_export.graph_modules.Sd3Denoiser: patch conv as a Linear, per-token position embeddings from
     ralu_edge.sd3 at the seam's positions, σ·1000 as the timestep) and the (dy, dx, c) output is permuted
     back to (c, dy, dx). On a full grid this is SD3Transformer2DModel.forward (tests/test_sd3_core.py).
-    Conditioning batch may be 2B (CFG): wrap with ralu_edge.sd3.ClassifierFreeGuidance."""
+    Conditioning batch may be 2B (CFG): wrap with ralu_edge.guidance.ClassifierFreeGuidance."""
 
     def __init__(self, transformer: torch.nn.Module, grid_h: int, grid_w: int):
         from ralu_edge.sd3 import SincosGrid

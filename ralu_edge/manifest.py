@@ -32,6 +32,11 @@ DType = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
 Dim = Union[int, str]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# Bounds no real model comes near (FLUX: 2048 px, T5 512 tokens, head_dim 128); they stop a damaged manifest from
+# asking the runtime for terabytes before any graph could object.
+MAX_IMAGE_SIDE = 16384
+MAX_TEXT_TOKENS = 1 << 16
+MAX_HEAD_DIM = 1 << 14
 _HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -134,6 +139,8 @@ class Resolution:
     grid_width: int
 
     def __post_init__(self) -> None:
+        if not (0 < self.height <= MAX_IMAGE_SIDE and 0 < self.width <= MAX_IMAGE_SIDE):
+            raise _fail(f"resolution {self.height}x{self.width}", f"is outside 1..{MAX_IMAGE_SIDE} pixels a side")
         if self.latent_height != 2 * self.grid_height or self.latent_width != 2 * self.grid_width:
             raise _fail(f"resolution {self.height}x{self.width}", "has a packed grid that is not latent / 2")
         if self.grid_height % 2 or self.grid_width % 2 or self.grid_height < 2 or self.grid_width < 2:
@@ -176,6 +183,9 @@ class RopeSpec:
     def __post_init__(self) -> None:
         if not self.theta > 0:
             raise _fail("rope", f"theta {self.theta} is not positive")
+        if not 0 < self.head_dim <= MAX_HEAD_DIM or any(d <= 0 or d % 2 for d in self.axes_dim):
+            raise _fail("rope", f"axes_dim {list(self.axes_dim)} are not positive even sizes of a head_dim up to "
+                        f"{MAX_HEAD_DIM}")
         if sum(self.axes_dim) != self.head_dim:
             raise _fail("rope", f"axes_dim {list(self.axes_dim)} do not sum to head_dim {self.head_dim}")
 
@@ -194,6 +204,14 @@ class TokenizerSpec:
     eos_token_id: int
     bos_token_id: Optional[int]
     first_free_id: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_length <= MAX_TEXT_TOKENS:
+            raise _fail(f"tokenizer {self.name!r}", f"has max_length {self.max_length}, outside 1..{MAX_TEXT_TOKENS}")
+        for what, token_id in (("pad", self.pad_token_id), ("eos", self.eos_token_id), ("bos", self.bos_token_id)):
+            if token_id is not None and not 0 <= token_id < self.first_free_id:
+                raise _fail(f"tokenizer {self.name!r}", f"has {what}_token_id {token_id}, outside its vocabulary "
+                            f"0..{self.first_free_id - 1}")
 
 
 @dataclass(frozen=True)
@@ -252,10 +270,13 @@ class DenoiserSpec:
     `packaging_note` records the measurement behind the choice. stage_lengths: every image-token count the
     bundle's presets and resolutions need. Inputs follow spec/RALU.md §9.1: timestep is sigma in [0, 1]
     (the graph multiplies by 1000) for FLUX, "sigma_x1000" for SD3 (spec §9.3 "Timestep scaling").
+    guidance_scale: the classifier-free guidance default of every mode ([negative "", prompt] batch,
+    v = v_u + s·(v_c − v_u)): SD3's 7.0, or the true_cfg_scale a FLUX-family model records in its pipeline
+    folder's sampling.json; None: no CFG batch (the runtime then refuses a requested scale).
     SD3-class fields: positions "sincos" (a `pos_embed` [L, D] input built from `pos_embed` on the host
     instead of RoPE tables), output_order "dy_dx_c" (the host permutes the velocity back to (c, dy, dx)),
-    guidance_scale (classifier-free guidance default; None: no CFG batch), baseline_schedule and
-    baseline_shift (the plain sampler's sigmas, as the source pipeline's scheduler builds them)."""
+    baseline_schedule and baseline_shift (the plain sampler's sigmas, as the source pipeline's scheduler
+    builds them)."""
 
     packaging: Packaging
     packaging_note: str
@@ -277,6 +298,18 @@ class DenoiserSpec:
     guidance_scale: Optional[float] = None
     baseline_schedule: Literal["flux_dynamic", "sd3_static"] = "flux_dynamic"
     baseline_shift: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not self.stage_graphs:
+            raise _fail("denoiser.stage_graphs", "is empty")
+        if min(self.token_channels, self.text_length, self.text_dim, self.pooled_dim) < 1:
+            raise _fail("denoiser", "has a token_channels, text_length, text_dim or pooled_dim below 1")
+        if self.text_length > MAX_TEXT_TOKENS:
+            raise _fail("denoiser.text_length", f"is {self.text_length}, over {MAX_TEXT_TOKENS}")
+        if self.guidance_scale is not None and not self.guidance_scale >= 1.0:
+            raise _fail("denoiser.guidance_scale", f"is {self.guidance_scale}; a CFG scale is at least 1")
+        if not self.baseline_shift > 0:
+            raise _fail("denoiser.baseline_shift", f"is {self.baseline_shift}; a schedule shift is positive")
 
     def graph_for(self, num_image_tokens: int) -> str:
         """The graph to run at this many image tokens; UserError when the bundle has none for it."""
@@ -393,6 +426,12 @@ class Manifest:
             self.tokenizer(encoder.tokenizer)
         for stage in self.denoiser.stage_graphs:
             self.graph(stage.graph)
+        if not self.text_encoders:
+            raise _fail("text_encoders", "is empty")
+        roles = [g.role for g in self.graphs]
+        if roles.count("vae_decoder") > 1 or roles.count("vae_encoder") > 1:
+            raise _fail("graphs", f"hold {roles.count('vae_decoder')} VAE decoders and {roles.count('vae_encoder')} "
+                        "encoders; a bundle has at most one of each")
         self._check_declared_dims()
 
     def _check_declared_dims(self) -> None:

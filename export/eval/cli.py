@@ -1,6 +1,7 @@
 """`ralu-eval`: generate from the held-out ShapesWorld prompts and score the images with the attribute
-classifier. Reads a model (built-in name or pipeline folder); writes nothing unless --grid is given; prints a
-table, or one JSON object with --json."""
+classifier. Reads a model (built-in name or pipeline folder, sampled as its sampling.json records: classifier-free
+guidance when it names a true_cfg_scale) or a bundle (sampled as its manifest records); writes nothing unless
+--grid is given; prints a table, or one JSON object with --json."""
 
 from __future__ import annotations
 
@@ -33,20 +34,22 @@ def evaluate(model: str, steps: int, seed: int, limit: int = 0, grid: Path | Non
     """Generate with FluxPipeline over the held-out prompts and score them (see attribute_report)."""
     from ralu_export.eval.generate import flux_pipeline_images
     from ralu_export.eval.scoring import attribute_report, classify, load_classifier
-    from ralu_export.models import load_flux_pipeline
+    from ralu_export.models import load_flux_pipeline, recorded_sampling, resolve_model
     from ralu_export.shapes_world import caption_for, heldout_scenes
 
     if steps < 1:
         raise UserError(f"--steps must be at least 1, got {steps}.")
+    sampling = recorded_sampling(resolve_model(model))  # a malformed sampling.json stops us before any loading
     clf = load_classifier()
     pipe = load_flux_pipeline(model)
     scenes = heldout_scenes()
     scenes = scenes[:limit] if limit > 0 else scenes
     prompts = [caption_for(s) for s in scenes]
     started = time.perf_counter()
-    images = flux_pipeline_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps)
+    images = flux_pipeline_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps, sampling=sampling)
     seconds = time.perf_counter() - started
     report = {"model": model, "sampler": "diffusers-FluxPipeline", "steps": steps, "seed": seed,
+              "true_cfg_scale": sampling.true_cfg_scale,
               **attribute_report(classify(clf, images), scenes), "seconds_per_image": seconds / len(prompts)}
     if grid is not None:
         _write_grid(grid, images)
@@ -73,7 +76,8 @@ def evaluate_bundle(bundle: Path, mode: str, steps: int, seed: int, limit: int =
     seconds = time.perf_counter() - started
     images = np.stack([r.image for r in results])
     report = {"bundle": str(bundle), "sampler": f"ralu-runtime {mode}", "mode": mode,
-              "steps": results[0].stats.nfe, "seed": seed, **attribute_report(classify(clf, images), scenes),
+              "steps": results[0].stats.nfe, "seed": seed, "true_cfg_scale": pipe.check_guidance_scale(None),
+              **attribute_report(classify(clf, images), scenes),
               "seconds_per_image": seconds / len(scenes),
               "seconds_denoise_per_image": float(np.mean([r.stats.seconds_denoise for r in results]))}
     if grid is not None:

@@ -5,17 +5,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ralu_export.models import RecordedSampling
+
 TEXT_LENGTH = 32  # the built-in model's T5 length (ralu_export.shapes_model.TEXT_LENGTH)
 
 
 def flux_pipeline_images(pipe, prompts: list[str], seeds: list[int], steps: int, size: int = 128,
-                         batch: int = 16, max_sequence_length: int = TEXT_LENGTH) -> np.ndarray:
-    """uint8 images [B, size, size, 3]; image i uses torch.Generator().manual_seed(seeds[i])."""
+                         batch: int = 16, max_sequence_length: int = TEXT_LENGTH,
+                         sampling: RecordedSampling | None = None) -> np.ndarray:
+    """uint8 images [B, size, size, 3]; image i uses torch.Generator().manual_seed(seeds[i]). `sampling`: the
+    model's recorded settings (ralu_export.models.recorded_sampling), passed to FluxPipeline as
+    true_cfg_scale / negative_prompt when it records classifier-free guidance."""
+    sampling = sampling or RecordedSampling()
     out = []
     for i in range(0, len(prompts), batch):
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds[i:i + batch]]
         images = pipe(prompts[i:i + batch], num_inference_steps=steps, height=size, width=size,
-                      max_sequence_length=max_sequence_length, generator=gens, output_type="np").images
+                      max_sequence_length=max_sequence_length, generator=gens, output_type="np",
+                      **sampling.flux_pipeline_kwargs(len(gens))).images
         out.append(np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
