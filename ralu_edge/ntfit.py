@@ -63,10 +63,14 @@ def fit_nt_schedule(num_steps: Sequence[int], ends_t: Sequence[float], base_shif
     return NtFit(shifts=shifts, z=z, c=1.0 / z**2, js_distance=float(result.fun))
 
 
+MAX_STAGE_STEPS = 1000  # 20x the 50-step baseline; a bound so a damaged manifest cannot ask for 10**9 steps
+
+
 def check_stage_plan(num_steps: Sequence[int], ends_t: Sequence[float]) -> None:
     """Raise UserError unless N is three positive ints and e three increasing times in (0, 1] ending at 1.0."""
-    if len(num_steps) != 3 or any(int(n) != n or n < 1 for n in num_steps):
-        raise UserError(f"RALU needs three per-stage step counts N ≥ 1, got {list(num_steps)}; pass e.g. N=[5, 6, 7]")
+    if len(num_steps) != 3 or any(int(n) != n or not 1 <= n <= MAX_STAGE_STEPS for n in num_steps):
+        raise UserError(f"RALU needs three per-stage step counts 1 ≤ N ≤ {MAX_STAGE_STEPS}, got {list(num_steps)}; "
+                        "pass e.g. N=[5, 6, 7]")
     if len(ends_t) != 3 or ends_t[-1] != 1.0:
         raise UserError(f"RALU stage ends e must be three times ending at 1.0, got {list(ends_t)}; "
                         "pass e.g. e=[0.3, 0.45, 1.0]")

@@ -209,6 +209,9 @@ class OrtVae:
         self._clock = clock
         dec = [g for g in bundle.manifest.graphs if g.role == "vae_decoder"]
         enc = [g for g in bundle.manifest.graphs if g.role == "vae_encoder"]
+        if not dec:
+            raise UserError(f"{bundle.root.name}: the manifest names no vae_decoder graph, which turns latents into "
+                            "images; re-export the bundle.")
         self._bundle, self._config = bundle, config
         self._decoder = None  # opened at the first decode: personalization only encodes
         self._decoder_graph = dec[0]

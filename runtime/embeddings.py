@@ -47,9 +47,10 @@ def load_learned_embeds(path: Path, manifest: Manifest) -> LearnedTokens:
         if arrays[key].dtype.kind != "f":
             raise UserError(f"{path}: {key!r} holds {arrays[key].dtype} values, not floats; write the file with "
                             "ralu-personalize.")
-        vec = np.asarray(arrays[key], dtype=np.float32).reshape(-1)
+        with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf, refused just below
+            vec = np.asarray(arrays[key], dtype=np.float32).reshape(-1)
         if not np.isfinite(vec).all():
-            raise UserError(f"{path}: {key!r} holds NaN or infinite values; train the token again.")
+            raise UserError(f"{path}: {key!r} holds NaN, infinite or out-of-range values; train the token again.")
         if vec.shape != (encoder.hidden_size,):
             raise UserError(f"{path}: {key!r} has {vec.size} values but {encoder.name} needs "
                             f"{encoder.hidden_size}; the file was made for another model.")

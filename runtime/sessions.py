@@ -95,6 +95,16 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
+def _dims_agree(actual, declared, static_dims: dict[str, int]) -> bool:
+    """A graph's dim (int fixed, str or None symbolic) against the manifest's (int, or a symbolic name that the
+    graph's static_dims may pin)."""
+    if isinstance(declared, str):
+        declared = static_dims.get(declared, declared)
+    if isinstance(actual, int) and isinstance(declared, int):
+        return actual == declared
+    return not (isinstance(actual, int) and isinstance(declared, str))  # a fixed size described as free is a lie
+
+
 def check_session_io(graph: GraphEntry, session, bundle_name: str) -> None:
     """UserError unless the graph file's inputs and outputs are the ones the manifest describes (names, dtypes,
     ranks, fixed dims): a manifest that disagrees with its graphs is refused at load, not by a failed run."""
@@ -115,8 +125,8 @@ def check_session_io(graph: GraphEntry, session, bundle_name: str) -> None:
             if _ORT_DTYPES.get(arg.type, arg.type) != spec.dtype:
                 raise fail(f"{kind} {spec.name!r} is {arg.type}, not {spec.dtype}")
             shape = arg.shape or []
-            if len(shape) != len(spec.shape) or any(
-                    isinstance(a, int) and isinstance(m, int) and a != m for a, m in zip(shape, spec.shape)):
+            if len(shape) != len(spec.shape) or any(not _dims_agree(a, m, graph.static_dims)
+                                                    for a, m in zip(shape, spec.shape)):
                 raise fail(f"{kind} {spec.name!r} has shape {list(shape)}, not {list(spec.shape)}")
     declared = {spec.name for spec in graph.inputs}
     for name in required:

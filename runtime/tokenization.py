@@ -94,6 +94,10 @@ class PromptTokenizer:
                             f"({' '.join(str(e).split())[:120]}); re-export the bundle.") from None
         self.name = path.parent.name
         self.config = config
+        size = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        if size != config.first_free_id:
+            raise UserError(f"{path}: the tokenizer has {size} tokens but the manifest says the first free id is "
+                            f"{config.first_free_id}; the bundle's tokenizer and manifest disagree, re-export it.")
         self.placeholder_ids: dict[str, int] = {}
         self._truncated: set[str] = set()  # prompts already warned about, so each is reported once
         for token in learned_tokens:

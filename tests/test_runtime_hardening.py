@@ -288,7 +288,7 @@ def test_identical_runs_write_identical_learned_embedding_files_readable_by_othe
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("nan", "holds NaN or infinite values"),
+    ("nan", "holds NaN, infinite or out-of-range values"),
     ("int", "holds int32 values, not floats"),
     ("short", "has 3 values but text_encoder needs 128"),
 ])
