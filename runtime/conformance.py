@@ -11,7 +11,10 @@ make.
 Format (version 1): a folder with `index.json` and one raw little-endian `.bin` per array (C order); the
 index names each array's file, dtype (float32, float64, int64 or uint8) and shape, and describes every
 run. Random draws are stored, not regenerated: ports cannot reproduce numpy's PCG64 normals cheaply, so
-they take the draws from an injectable source.
+they take the draws from an injectable source. A run with classifier-free guidance (`guidance_scale` in its entry)
+records, per call, the guided velocity the sampler saw and the two rows of the inner batch-2 call
+(`velocity_uncond` for the negative prompt "", `velocity_cond` for the prompt): a port replays the rows
+through its own guidance, v = v_u + s·(v_c − v_u) in float32, and must reproduce the guided velocity.
 
 numpy, the standard library and ralu_edge only (`tokenizers` for the tokenizer vectors, imported there);
 never torch. Usage: `python -m ralu_runtime.conformance DIR` checks a folder (exit 0 when it matches)."""
@@ -34,6 +37,7 @@ from ralu_edge import presets as ralu_presets
 from ralu_edge import schedules
 from ralu_edge.edges import canny_edges, edge_scores, gray_uint8, block_sums, select_regions
 from ralu_edge.errors import UserError
+from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.renoise import correlated_noise, correlation_alpha, renoise, tweedie_x0
 from ralu_edge.rng import rng_for
 from ralu_edge.rope import rope_tables
@@ -72,19 +76,24 @@ DEFAULT_ADDED_TOKENS = ("<shape-token>",)
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One recorded sampling run: a RALU preset name, or "baseline" with `baseline_steps` FLUX steps."""
+    """One recorded sampling run: a RALU preset name, or "baseline" with `baseline_steps` FLUX steps;
+    guidance_scale: classifier-free guidance with the negative prompt "" (None: none)."""
 
     name: str
     mode: str
     seed: int
     prompt: str
     baseline_steps: int = 4
+    guidance_scale: float | None = None
 
+
+NEGATIVE_PROMPT = ""  # the negative prompt of guided runs, as the runtime and the Kotlin core encode it
 
 DEFAULT_RUNS = (
     RunSpec("flux-4x-seed0", "flux-4x", 0, "a small red circle in the top left"),
     RunSpec("flux-7x-seed1", "flux-7x", 1, "a blue square at the bottom right"),
     RunSpec("baseline4-seed2", "baseline", 2, "a green triangle in the centre", baseline_steps=4),
+    RunSpec("flux-7x-cfg-seed3", "flux-7x", 3, "a large yellow star on the left", guidance_scale=3.0),
 )
 
 
@@ -285,6 +294,10 @@ class _ArrayStore:
 
 def _record_run(spec: RunSpec, denoiser: Denoiser, cond: Conditioning, grid: tuple[int, int],
                 latent_channels: int, noise: np.ndarray) -> tuple[RecordingDenoiser, RecordingRng, list, Any]:
+    """Runs `spec`, recording the sampler's seam calls; for a guided run (cond of batch 2, negative first) the
+    recorder sees the guided velocity and `recorder.inner.calls` the batch-2 calls under the guidance."""
+    if spec.guidance_scale is not None:
+        denoiser = ClassifierFreeGuidance(RecordingDenoiser(denoiser), spec.guidance_scale)
     recorder, rng = RecordingDenoiser(denoiser), RecordingRng(rng_for(spec.seed, "ralu"))
     steps: list[StepInfo] = []
     if spec.mode == "baseline":
@@ -303,6 +316,8 @@ def _write_run(store: _ArrayStore, spec: RunSpec, denoiser: Denoiser, cond: Cond
     entry: dict[str, Any] = {"name": spec.name, "mode": spec.mode, "seed": spec.seed, "prompt": spec.prompt,
                              "grid": list(grid), "latent_channels": latent_channels, "edge_proxy": "latent_grad",
                              "noise": store.add(prefix + "noise", noise)}
+    if spec.guidance_scale is not None:
+        entry.update(guidance_scale=spec.guidance_scale, negative_prompt=NEGATIVE_PROMPT)
     positions_by_length: dict[int, str] = {}
     calls = []
     for i, (call, step) in enumerate(zip(recorder.calls, steps)):
@@ -313,6 +328,10 @@ def _write_run(store: _ArrayStore, spec: RunSpec, denoiser: Denoiser, cond: Cond
                       "tokens": store.add(f"{prefix}call{i:02d}_tokens", call.tokens),
                       "positions": positions_by_length[length],
                       "velocity": store.add(f"{prefix}call{i:02d}_velocity", call.velocity)})
+        if spec.guidance_scale is not None:
+            both = recorder.inner.inner.calls[i].velocity  # [2, L, C]: the negative row, then the prompt's
+            calls[-1].update(velocity_uncond=store.add(f"{prefix}call{i:02d}_velocity_uncond", both[:1]),
+                             velocity_cond=store.add(f"{prefix}call{i:02d}_velocity_cond", both[1:]))
     entry["calls"] = calls
     entry["draws"] = [{"method": d.method, "loc": d.loc, "scale": d.scale, "shape": list(d.values.shape),
                        "values": store.add(f"{prefix}draw{i}", d.values)} for i, d in enumerate(rng.draws)]
@@ -562,6 +581,13 @@ class VectorSources:
     extra_files: Callable[[Path], dict[str, Any]] | None = None
 
 
+def _run_conditioning(spec: RunSpec, cond_for: Callable[[str], Conditioning]) -> Conditioning:
+    """The prompt's conditioning, or for a guided run the [negative "", prompt] batch of 2."""
+    if spec.guidance_scale is None:
+        return cond_for(spec.prompt)
+    return stack_conditionings(cond_for(NEGATIVE_PROMPT), cond_for(spec.prompt))
+
+
 def write_vectors(out_dir: Path, sources: VectorSources) -> Path:
     """Write a vector folder (format in the module docstring) to out_dir, replacing an existing one only once
     the new one is complete. Returns out_dir. extra_files(folder) may add files (e.g. a bundle fixture) and
@@ -575,8 +601,9 @@ def write_vectors(out_dir: Path, sources: VectorSources) -> Path:
                                  "tolerances": {"relative": RELATIVE_TOLERANCE, "sigma": SIGMA_TOLERANCE}}
         index["presets"] = _preset_entries(sources.grid)
         index["schedules"] = _schedule_entries()
-        index["runs"] = [_write_run(store, spec, sources.denoiser, sources.cond_for(spec.prompt), sources.grid,
-                                    sources.latent_channels, sources.noise_for(spec.seed)) for spec in sources.runs]
+        index["runs"] = [_write_run(store, spec, sources.denoiser, _run_conditioning(spec, sources.cond_for),
+                                    sources.grid, sources.latent_channels, sources.noise_for(spec.seed))
+                         for spec in sources.runs]
         index["canny"] = _canny_entry(store)
         index["tokenizers"] = tokenizer_entries(work, sources.tokenizer_files, sources.prompts, sources.added_tokens)
         if sources.zo_case is not None:
@@ -705,20 +732,47 @@ def _recorded(vectors: Vectors, run: dict[str, Any]) -> tuple[list[DenoiserCall]
 
 
 _NO_COND = Conditioning(text_states=np.zeros((1, 1, 1), np.float32), pooled=np.zeros((1, 1), np.float32))
+_NO_COND_CFG = stack_conditionings(_NO_COND, _NO_COND)
+
+
+class _ReplayHalves:
+    """The inner denoiser of a guided run's replay: checks each call's inputs through `replay` (both rows of
+    the batch-2 call are the recorded tokens) and returns the recorded [negative; prompt] velocity rows."""
+
+    def __init__(self, replay: ReplayDenoiser, halves: Sequence[np.ndarray]):
+        self.replay, self.halves = replay, list(halves)
+
+    def __call__(self, tokens, positions, sigmas, cond):
+        index = self.replay.position
+        self.replay(tokens[:1], positions, sigmas[:1], cond)
+        _compare(self.replay.mismatches, f"denoiser call {index} negative-row tokens", tokens[1:], tokens[:1], 0.0)
+        return self.halves[index].copy()
+
+
+def _replay_denoiser(vectors: Vectors, run: dict[str, Any], replay: ReplayDenoiser):
+    """(denoiser, conditioning) replaying a run: the recorded velocities, or for a guided run the recorded
+    halves through ralu_edge's ClassifierFreeGuidance, recording the guided velocity it computes."""
+    if "guidance_scale" not in run:
+        return replay, _NO_COND
+    halves = [np.concatenate([vectors.array(c["velocity_uncond"]), vectors.array(c["velocity_cond"])])
+              for c in run["calls"]]
+    return RecordingDenoiser(ClassifierFreeGuidance(_ReplayHalves(replay, halves), run["guidance_scale"])), \
+        _NO_COND_CFG
 
 
 def _check_run(vectors: Vectors, run: dict[str, Any]) -> list[str]:
     name, grid = run["name"], tuple(run["grid"])
     calls, draws = _recorded(vectors, run)
     replay, noise = ReplayDenoiser(calls), vectors.array(run["noise"])
+    denoiser, cond = _replay_denoiser(vectors, run, replay)
     problems: list[str] = []
     if run["mode"] == "baseline":
         sigmas = schedules.flux_baseline_sigmas(run["num_steps"], grid[0] * grid[1])
         _compare(problems, f"{name} sigmas", sigmas, run["sigmas"], SIGMA_TOLERANCE)
-        final = sample_baseline(replay, noise, *grid, sigmas, _NO_COND)
+        final = sample_baseline(denoiser, noise, *grid, sigmas, cond)
     else:
         preset = ralu_presets.get(run["mode"])
-        result = ralu_sample(replay, noise, *grid, preset, _NO_COND, rng=ReplayRng(draws),
+        result = ralu_sample(denoiser, noise, *grid, preset, cond, rng=ReplayRng(draws),
                              latent_channels=run["latent_channels"])
         final = result.tokens
         if not np.array_equal(result.selected, vectors.array(run["trace"]["selected"])):
@@ -731,6 +785,9 @@ def _check_run(vectors: Vectors, run: dict[str, Any]) -> list[str]:
     if replay.position != len(calls):
         problems.append(f"{name}: {replay.position} denoiser calls, {len(calls)} recorded")
     problems += [f"{name}: {m}" for m in replay.mismatches]
+    if denoiser is not replay:  # guided: ralu_edge's guidance of the recorded halves is the recorded velocity
+        for i, (ours, call) in enumerate(zip(denoiser.calls, calls)):
+            _compare(problems, f"{name} denoiser call {i} guided velocity", ours.velocity, call.velocity)
     _compare(problems, f"{name} final tokens", final, vectors.array(run["trace"]["final"]))
     return problems
 

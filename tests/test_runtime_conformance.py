@@ -105,6 +105,38 @@ def test_checker_reports_a_changed_velocity_and_a_changed_draw(tmp_path):
     assert any("renoise1_noise" in p for p in problems)
 
 
+class ConditionedStubDenoiser(StubDenoiser):
+    """StubDenoiser plus a per-row offset read from the conditioning, so guidance changes the velocity."""
+
+    def __call__(self, tokens, positions, sigmas, cond):
+        return (super().__call__(tokens, positions, sigmas, cond) + cond.pooled[:, :1, None]).astype(np.float32)
+
+
+def _guided_stub_sources() -> cf.VectorSources:
+    def cond_for(prompt):
+        offset = 0.0 if prompt == "" else 0.25  # the negative prompt "" and the prompt condition differently
+        return Conditioning(text_states=np.zeros((1, 4, 8), np.float32), pooled=np.full((1, 8), offset, np.float32))
+
+    guided = [run for run in cf.DEFAULT_RUNS if run.guidance_scale is not None]
+    return cf.VectorSources(**{**_stub_sources(with_zo=False).__dict__, "denoiser": ConditionedStubDenoiser(),
+                               "cond_for": cond_for, "runs": guided})
+
+
+def test_a_guided_run_records_both_halves_and_ralu_edge_guidance_of_them_replays_clean(tmp_path):
+    out = cf.write_vectors(tmp_path / "vectors", _guided_stub_sources())
+    vectors = cf.load_vectors(out)
+    (run,) = vectors.index["runs"]
+    assert run["guidance_scale"] == 3.0 and run["negative_prompt"] == ""
+    for call in run["calls"]:
+        uncond, cond = vectors.array(call["velocity_uncond"]), vectors.array(call["velocity_cond"])
+        np.testing.assert_allclose(cond - uncond, 0.25, atol=1e-5)  # negative row first
+        np.testing.assert_array_equal(vectors.array(call["velocity"]), uncond + np.float32(3.0) * (cond - uncond))
+    assert cf.check_vectors(out) == []
+    cond_file = out / vectors.index["arrays"][run["calls"][2]["velocity_cond"]]["file"]
+    (np.fromfile(cond_file, dtype="<f4") + 0.5).astype("<f4").tofile(cond_file)
+    assert any("denoiser call 2 guided velocity" in p for p in cf.check_vectors(out))
+
+
 def test_replay_rng_refuses_a_draw_of_another_shape():
     replay = cf.ReplayRng([cf.Draw("standard_normal", np.zeros((1, 4, 2)))])
     with pytest.raises(AssertionError, match="recorded"):

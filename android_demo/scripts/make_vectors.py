@@ -3,8 +3,9 @@
 
 Which denoiser produced them: the torch reference backend (`ralu_export.torch_backend.TorchFluxDenoiser`) over
 the built-in `shapes` model (FLUX family, 128 px, packed grid 16x16, 16 channels per token), fp32 on the CPU,
-with FluxPipeline's own initial noise per seed and its own prompt encoding (max_sequence_length 32). The
-personalization steps use the same transformer with the exported text-encoder wrappers
+with FluxPipeline's own initial noise per seed and its own prompt encoding (max_sequence_length 32); the
+guided run (classifier-free guidance at the scale its RunSpec names) encodes the negative prompt "" the same way,
+on its own, as FluxPipeline does with true_cfg_scale. The personalization steps use the same transformer with the exported text-encoder wrappers
 (`ralu_export.graph_modules.ClipTextEncoder` / `T5TextEncoder`, embeddings injected at the placeholder) and
 VAE posterior moments of ShapesWorld training images from `graph_modules.VaeEncoder`. The host-side values
 (schedules, token layouts, draws, renoising, Euler updates, ZO updates) are computed by ralu_edge via

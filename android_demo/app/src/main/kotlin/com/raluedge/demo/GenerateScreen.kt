@@ -100,6 +100,7 @@ class GenerateScreen(private val activity: MainActivity) {
             val bundle = Engine.bundle!!
             parameters = "$promptText\nMode: $modeName, Steps: ${out.nfe}, Seed: $seedValue, " +
                 "Size: ${out.image.width}x${out.image.height}, Bundle: ${bundle.manifest.modelName} ${bundle.id.take(12)}" +
+                (if (out.guidanceScale == null) "" else ", CFG scale: ${out.guidanceScale}") +
                 (if (learned.isEmpty()) "" else ", Token: ${learned[0].token}")
             info.text = "Done: ${out.nfe} steps, ${out.tokenSteps} token-steps, denoising ${Ui.seconds(out.secondsDenoise)}, " +
                 "total ${Ui.seconds(out.secondsTotal)}"

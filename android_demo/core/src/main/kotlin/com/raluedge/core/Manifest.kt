@@ -31,9 +31,14 @@ class RopeSpec(val axesDim: IntArray, val theta: Double, val headDim: Int)
 
 class StageGraph(val graph: String, val numImageTokens: Int?)
 
+/**
+ * `guidance` says whether the graph takes a distilled-guidance input; `guidanceScale` is the classifier-free guidance
+ * scale every mode runs with (null: no CFG), the true_cfg_scale a FLUX-family model records in its sampling.json.
+ */
 class DenoiserSpec(
     val packaging: String, val tokenDim: String, val ropeTokenDim: String?, val tokenChannels: Int, val textLength: Int,
-    val textDim: Int, val pooledDim: Int, val guidance: Boolean, val stageGraphs: List<StageGraph>, val fullResGraph: String?
+    val textDim: Int, val pooledDim: Int, val guidance: Boolean, val stageGraphs: List<StageGraph>, val fullResGraph: String?,
+    val guidanceScale: Double? = null
 ) {
     /** The graph serving `numImageTokens` image tokens; UserError when the bundle has none for it. */
     fun graphFor(numImageTokens: Int): String = stageGraphs.firstOrNull { it.numImageTokens == null || it.numImageTokens == numImageTokens }?.graph
@@ -140,10 +145,12 @@ class Manifest(
 
         private fun denoiserSpec(d: JsonObject): DenoiserSpec {
             if (d.has("timestep") && d.string("timestep") != "sigma") throw fail("denoiser.timestep", "is '${d.string("timestep")}', not 'sigma'")
+            val scale = if (d.has("guidance_scale")) d.double("guidance_scale") else null
+            if (scale != null && !(scale >= 1.0 && scale.isFinite())) throw fail("denoiser.guidance_scale", "is $scale, not a finite number of at least 1")
             return DenoiserSpec(d.string("packaging"), d.string("token_dim"), d.stringOrNull("rope_token_dim"), d.int("token_channels"),
                 d.int("text_length"), d.int("text_dim"), d.int("pooled_dim"), d.bool("guidance"),
                 d.objects("stage_graphs").map { StageGraph(it.string("graph"), it.intOrNull("num_image_tokens")) },
-                d.stringOrNull("full_res_graph"))
+                d.stringOrNull("full_res_graph"), scale)
         }
 
         private fun textEncoderSpec(e: JsonObject) = TextEncoderSpec(

@@ -51,7 +51,14 @@ class PromptEncoder(
     /** Per encoder name, the inputs for `prompt` with each learned token's rows injected at its placeholder id. */
     fun inputs(prompt: String, learned: List<LearnedToken>): Map<String, EncoderInput> {
         if (prompt.isBlank()) throw UserError("the prompt is empty; type what the image should show")
-        return manifest.textEncoders.associate { spec ->
+        return tokenize(prompt, learned)
+    }
+
+    /** The conditioning of classifier-free guidance's negative prompt "" (which [inputs] refuses as a user prompt). */
+    fun encodeNegative(): Conditioning = conditioning(tokenize(ClassifierFreeGuidance.NEGATIVE_PROMPT, emptyList()))
+
+    private fun tokenize(prompt: String, learned: List<LearnedToken>): Map<String, EncoderInput> =
+        manifest.textEncoders.associate { spec ->
             val tokenizerSpec = manifest.tokenizer(spec.tokenizer)
             val tokenizer = tokenizers[spec.tokenizer] ?: throw IllegalStateException("tokenizer ${spec.tokenizer} not loaded")
             val ids = tokenizer.addTokens(learned.map { it.token })
@@ -66,7 +73,6 @@ class PromptEncoder(
             }
             spec.name to EncoderInput(LongArray(encoded.size) { encoded[it].toLong() }, LongArray(used.size) { ids[used[it]].toLong() }, rows)
         }
-    }
 
     /** Conditioning from the encoders' outputs: the "sequence" encoder's states and the "pooled" encoder's vector. */
     fun conditioning(inputs: Map<String, EncoderInput>, rowsOverride: Map<String, FloatArray> = emptyMap()): Conditioning {
@@ -86,9 +92,16 @@ class PromptEncoder(
     fun encode(prompt: String, learned: List<LearnedToken> = emptyList()): Conditioning = conditioning(inputs(prompt, learned))
 }
 
-class GenerationResult(val image: RgbImage, val nfe: Int, val tokenSteps: Int, val secondsDenoise: Double, val secondsTotal: Double)
+/** guidanceScale: the classifier-free guidance scale the image was made with (null: none), for its PNG parameters. */
+class GenerationResult(
+    val image: RgbImage, val nfe: Int, val tokenSteps: Int, val secondsDenoise: Double, val secondsTotal: Double,
+    val guidanceScale: Double? = null
+)
 
-/** Text-to-image over a bundle: "baseline" (plain FLUX schedule, `steps` steps) or one of the bundle's RALU presets. */
+/**
+ * Text-to-image over a bundle: "baseline" (plain FLUX schedule, `steps` steps) or one of the bundle's RALU presets.
+ * A manifest with `denoiser.guidance_scale` makes every mode run classifier-free guidance (negative prompt "").
+ */
 class Generator(
     private val manifest: Manifest,
     private val prompts: PromptEncoder,
@@ -106,6 +119,8 @@ class Generator(
         if (mode == "baseline" && steps < 1) throw UserError("steps must be at least 1 for the baseline, got $steps")
         val res = manifest.resolutions[0]
         val cond = prompts.encode(prompt, learned)
+        val scale = manifest.denoiser.guidanceScale
+        val guided = if (scale == null) denoiser else ClassifierFreeGuidance(denoiser, scale.toFloat(), prompts.encodeNegative())
         val channels = manifest.vae.latentChannels
         val latentNoise = SeededRandom(seed, "initial_noise").standardNormal(channels * res.latentHeight * res.latentWidth)
         val noise = TokenOps.pack(FloatArray(latentNoise.size) { latentNoise[it].toFloat() }, channels, res.latentHeight, res.latentWidth)
@@ -114,20 +129,20 @@ class Generator(
         val nfe: Int
         val tokenSteps: Int
         if (mode == "baseline") {
-            tokens = Sampler.sampleBaseline(denoiser, noise, res.gridHeight, res.gridWidth,
+            tokens = Sampler.sampleBaseline(guided, noise, res.gridHeight, res.gridWidth,
                 Schedules.fluxBaselineSigmas(steps, res.gridHeight * res.gridWidth), cond, onStep)
             nfe = steps
             tokenSteps = steps * res.gridHeight * res.gridWidth
         } else {
             val preset = manifest.preset(mode).preset
-            tokens = Sampler.raluSample(denoiser, noise, res.gridHeight, res.gridWidth, preset, cond, SeededRandom(seed, "ralu"),
+            tokens = Sampler.raluSample(guided, noise, res.gridHeight, res.gridWidth, preset, cond, SeededRandom(seed, "ralu"),
                 onStep = onStep, onStage = onStage).tokens
             nfe = preset.nfe
             tokenSteps = Sampler.imageTokenSteps(preset, res.gridHeight, res.gridWidth)
         }
         val denoiseSeconds = (System.nanoTime() - denoiseStarted) / 1e9
         val image = decode(tokens, res)
-        return GenerationResult(image, nfe, tokenSteps, denoiseSeconds, (System.nanoTime() - started) / 1e9)
+        return GenerationResult(image, nfe, tokenSteps, denoiseSeconds, (System.nanoTime() - started) / 1e9, scale)
     }
 
     /** RGB of raster-ordered tokens: unpack, undo the sampler's normalisation (z = x / scale + shift), decode. */

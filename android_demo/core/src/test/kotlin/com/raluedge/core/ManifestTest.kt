@@ -80,6 +80,14 @@ class ManifestTest {
     }
 
     @Test
+    fun guidanceScaleIsReadWhenRecordedAndABadOneIsRefused() {
+        val text = File(fixture, Manifest.NAME).readText()
+        assertEquals(null, Manifest.parse(text).denoiser.guidanceScale)
+        assertEquals(3.5, Manifest.parse(withGuidanceScale(text, 3.5)).denoiser.guidanceScale!!, 0.0)
+        expectUserError("denoiser.guidance_scale") { Manifest.parse(withGuidanceScale(text, 0.5)) }
+    }
+
+    @Test
     fun jsonRoundTripsNumbersStringsAndNesting() {
         val value = Json.parse("""{"a": [1, -2.5e-3, "x\"\u00e9\n"], "b": {"c": null, "d": true}}""")
         assertEquals(value, Json.parse(Json.write(value)))

@@ -70,6 +70,37 @@ class PipelineTest {
     }
 
     @Test
+    fun aManifestGuidanceScaleMakesEveryModeRunTheEmptyNegativeFirstThenThePrompt() {
+        val text = File(bundle, Manifest.NAME).readText()
+        val guidedManifest = Manifest.parse(withGuidanceScale(text, 3.0))
+        val guidedPrompts = PromptEncoder(guidedManifest, tokenizers, guidedManifest.textEncoders.associate { it.name to FakeEncoder(it) as TextEncoder })
+        val negative = guidedPrompts.encodeNegative()
+        val positive = guidedPrompts.encode("a red circle")
+        val seen = ArrayList<Conditioning>()
+        val recording = object : Denoiser {
+            override fun velocity(tokens: Tokens, positions: Positions, sigma: Float, cond: Conditioning): FloatArray {
+                seen.add(cond)
+                return denoiser.velocity(tokens, positions, sigma, cond)
+            }
+        }
+        val generator = Generator(guidedManifest, guidedPrompts, recording, decoder)
+        for (mode in generator.modes) {
+            seen.clear()
+            val result = generator.generate("a red circle", mode, 3, 3L)
+            assertEquals(3.0, result.guidanceScale!!, 0.0)
+            assertEquals("$mode: two calls per step", 2 * result.nfe, seen.size)
+            for ((i, cond) in seen.withIndex()) {
+                val expected = if (i % 2 == 0) negative else positive
+                assertArrayEquals("$mode call $i", expected.textStates, cond.textStates, 0f)
+            }
+            val plain = Generator(manifest, prompts, denoiser, decoder).generate("a red circle", mode, 3, 3L)
+            assertEquals(null, plain.guidanceScale)
+            assertTrue("$mode: guidance changes the image", !plain.image.pixels.contentEquals(result.image.pixels))
+        }
+        assertTrue("the negative prompt encodes differently", !negative.textStates.contentEquals(positive.textStates))
+    }
+
+    @Test
     fun learnedTokenRowsAreInjectedAtItsPlaceholderOnly() {
         val rows = manifest.textEncoders.associate { LearnedToken.keyFor(it) to FloatArray(it.hiddenSize) { 7f } }
         val inputs = prompts.inputs("a photo of <shape-token>", listOf(LearnedToken("<shape-token>", rows)))

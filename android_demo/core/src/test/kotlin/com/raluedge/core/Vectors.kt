@@ -112,8 +112,14 @@ class ReplayRandom(private val draws: List<Pair<String, DoubleArray>>) : RandomS
     override fun permutation(n: Int): IntArray = throw AssertionError("no permutation was recorded")
 }
 
-/** One recorded denoiser call: inputs and the velocity the real model returned. */
-class RecordedCall(val tokens: Tokens, val positions: Positions, val sigma: Double, val velocity: FloatArray, val stage: Int)
+/**
+ * One recorded denoiser call: inputs and the velocity the sampler saw. In a guided run that velocity is the guided one,
+ * and velocityUncond / velocityCond are the real model's rows for the negative prompt "" and for the prompt.
+ */
+class RecordedCall(
+    val tokens: Tokens, val positions: Positions, val sigma: Double, val velocity: FloatArray, val stage: Int,
+    val velocityUncond: FloatArray? = null, val velocityCond: FloatArray? = null
+)
 
 /** Returns the recorded velocities in order, asserting that every input equals the recorded one. */
 class ReplayDenoiser(private val calls: List<RecordedCall>) : Denoiser {
@@ -134,9 +140,20 @@ class ReplayDenoiser(private val calls: List<RecordedCall>) : Denoiser {
 
 val NO_COND = Conditioning(FloatArray(0), 0, 0, FloatArray(0))
 
+/** The manifest text `text` with `denoiser.guidance_scale` set to `scale` (a bundle whose model records CFG). */
+fun withGuidanceScale(text: String, scale: Double): String {
+    @Suppress("UNCHECKED_CAST")
+    val root = LinkedHashMap(Json.parse(text) as Map<String, Any?>)
+    @Suppress("UNCHECKED_CAST")
+    root["denoiser"] = LinkedHashMap(root["denoiser"] as Map<String, Any?>).also { it["guidance_scale"] = scale }
+    return Json.write(root)
+}
+
 fun recordedCalls(run: JsonObject): List<RecordedCall> = run.objects("calls").map {
     RecordedCall(Vectors.tokens(it.string("tokens")), Vectors.positions(it.string("positions")), it.double("sigma"),
-        Vectors.floats(it.string("velocity")), it.int("stage"))
+        Vectors.floats(it.string("velocity")), it.int("stage"),
+        it.stringOrNull("velocity_uncond")?.let { name -> Vectors.floats(name) },
+        it.stringOrNull("velocity_cond")?.let { name -> Vectors.floats(name) })
 }
 
 fun recordedDraws(run: JsonObject): List<Pair<String, DoubleArray>> =
