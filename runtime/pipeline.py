@@ -148,8 +148,9 @@ class Pipeline:
         if requested is None:
             return default
         if default is None:
-            raise UserError("this bundle's manifest records no classifier-free guidance scale (its model was not "
-                            "trained for CFG), so leave --guidance-scale unset.")
+            raise UserError("this bundle's manifest records no classifier-free guidance scale, so its model is "
+                            "not sampled with CFG; leave the guidance scale unset, or record one in the model "
+                            "folder's sampling.json and export again.")
         if not requested >= 1.0:
             raise UserError(f"guidance scale {requested} is below 1; use e.g. {default}.")
         return float(requested)
