@@ -287,20 +287,24 @@ def damage_file(bundle: Path, relative: str, op: str, where: float, other: str, 
 def damage_tensor_file(path: Path, op: str) -> None:
     """Rewrite a safetensors table (the token-embedding tables) with non-finite rows, another dtype or shape,
     or a renamed key; valid safetensors either way."""
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file, save_file
 
-    tables = load_file(str(path))
+    try:
+        tables = load_file(str(path))
+    except SafetensorError:
+        return  # an earlier damage already broke the file
     name, table = next(iter(tables.items()))
     if op == "nan_rows":
-        table = table.copy()
+        table = table.astype(np.float32)  # (a copy, float even after an earlier int32 damage)
         table[::3] = np.nan
     elif op == "inf_rows":
-        table = table.copy()
+        table = table.astype(np.float32)
         table[1::2] = np.inf
     elif op == "float16":
         table = table.astype(np.float16)
     elif op == "int32":
-        table = table.astype(np.int32)
+        table = np.nan_to_num(table.astype(np.float64), posinf=0.0, neginf=0.0).astype(np.int32)
     elif op == "float64":
         table = table.astype(np.float64)
     elif op == "transposed":

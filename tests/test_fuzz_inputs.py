@@ -177,9 +177,9 @@ def test_a_damaged_bundle_runs_identically_or_is_refused_in_one_sentence():
 
 @pytest.mark.slow
 @seed(SEED)
-@_bundle_test(slow_settings(300))
+@_bundle_test(slow_settings(1000))
 def test_many_damaged_bundles_run_identically_or_are_refused_in_one_sentence():
-    """(slow: 300 cases, seed 13)"""
+    """(slow: 1000 cases, seed 13)"""
 
 
 # ------------------------------------------------------------------------------ ralu-personalize inputs
@@ -289,9 +289,9 @@ def test_bad_personalization_inputs_are_refused_in_one_sentence_leaving_nothing(
 
 @pytest.mark.slow
 @seed(SEED)
-@_personalize_test(slow_settings(120))
+@_personalize_test(slow_settings(300))
 def test_many_bad_personalization_inputs_are_refused_in_one_sentence_leaving_nothing():
-    """(slow: 120 cases, seed 13)"""
+    """(slow: 300 cases, seed 13)"""
 
 
 # ------------------------------------------------------------------------------------- --embeddings files
@@ -376,9 +376,9 @@ def test_a_damaged_embeddings_file_is_used_or_refused_in_one_sentence():
 
 @pytest.mark.slow
 @seed(SEED)
-@_embeddings_test(slow_settings(150))
+@_embeddings_test(slow_settings(300))
 def test_many_damaged_embeddings_files_are_used_or_refused_in_one_sentence():
-    """(slow: 150 cases, seed 13)"""
+    """(slow: 300 cases, seed 13)"""
 
 
 def test_the_watch_sees_reads_of_the_canary_through_python_and_the_native_readers(world):
