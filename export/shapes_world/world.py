@@ -39,6 +39,7 @@ POSITIONS = {
 PAIRS = (("left", "right"), ("top", "bottom"))
 SIZES = {"small": 0.12, "large": 0.2}  # circumradius as a fraction of the image side
 BACKGROUNDS = ("plain-light", "plain-dark", "stripes", "checker", "dots", "noise")
+PLAIN_BACKGROUNDS = ("plain-light", "plain-dark")
 _BACKGROUND_WORDS = {
     "plain-light": "light grey", "plain-dark": "dark grey", "stripes": "striped",
     "checker": "checkered", "dots": "dotted", "noise": "grainy",
@@ -150,8 +151,9 @@ def heldout_scenes() -> list[Scene]:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35) -> Scene:
-    """One random training scene (never a held-out combination)."""
+def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35,
+                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> Scene:
+    """One random training scene (never a held-out combination) on one of `backgrounds`."""
     colours = list(COLOURS)
     sizes = list(SIZES)
     while True:
@@ -169,16 +171,17 @@ def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35) ->
                                 list(POSITIONS)[int(rng.integers(len(POSITIONS)))],
                                 sizes[int(rng.integers(len(sizes)))]),)
             template = int(rng.integers(len(_SINGLE_TEMPLATES)))
-        scene = Scene(objs, BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], template,
+        scene = Scene(objs, backgrounds[int(rng.integers(len(backgrounds)))], template,
                       mention_background=bool(rng.random() < 0.3))
         if not is_heldout(scene):
             return scene
 
 
-def training_sample(seed: int, index: int, size: int = 128) -> tuple[np.ndarray, str, Scene]:
+def training_sample(seed: int, index: int, size: int = 128,
+                    backgrounds: tuple[str, ...] = BACKGROUNDS) -> tuple[np.ndarray, str, Scene]:
     """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene)."""
     rng = rng_for(seed, "shapes_world/sample", index)
-    scene = sample_scene(rng)
+    scene = sample_scene(rng, backgrounds=backgrounds)
     jitter = rng.uniform(-0.03, 0.03, size=(len(scene.objects), 2))
     angle = rng.uniform(-12.0, 12.0, size=len(scene.objects))
     image = render(scene, size, jitter=jitter, angles_deg=angle, texture_seed=int(rng.integers(2**31)))
@@ -278,11 +281,12 @@ def render(scene: Scene, size: int = 128, *, jitter: np.ndarray | None = None,
     return np.asarray(img.resize((size, size), Image.LANCZOS), dtype=np.uint8)
 
 
-def render_batch(seed: int, start: int, count: int, size: int = 128) -> tuple[np.ndarray, list[str], list[Scene]]:
+def render_batch(seed: int, start: int, count: int, size: int = 128,
+                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Training samples start..start+count-1: (images [count, size, size, 3] uint8, captions, scenes)."""
     images, captions, scenes = [], [], []
     for i in range(start, start + count):
-        im, cap, sc = training_sample(seed, i, size)
+        im, cap, sc = training_sample(seed, i, size, backgrounds)
         images.append(im)
         captions.append(cap)
         scenes.append(sc)

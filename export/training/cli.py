@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from packed weights of an earlier run, or from an assembled pipeline folder such as export/builtin/shapes (keeps its VAE and classifier)")
     a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     for f in dataclasses.fields(TrainConfig):
-        if f.type in ("int", "float"):
-            a.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float,
+        if f.type in ("int", "float", "str"):
+            a.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float, "str": str}[f.type],
                            default=getattr(TrainConfig(), f.name), help=f"TrainConfig.{f.name}")
     s = sub.add_parser("assemble", help="packed weights -> FluxPipeline folder + classifier weights",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ralu_export.shapes_world import Scene, render_batch
+from ralu_export.shapes_world import BACKGROUNDS, Scene, render_batch
 from ralu_export.shapes_world.world import render, sample_scene
 from ralu_edge.rng import rng_for
 
@@ -31,16 +31,18 @@ def _parallel_map(fn, jobs: list, workers: int) -> list:
         return list(pool.map(fn, jobs))
 
 
-def _chunk(args: tuple[int, int, int, int]):
-    seed, start, count, size = args
-    return render_batch(seed, start, count, size)
+def _chunk(args: tuple[int, int, int, int, tuple[str, ...]]):
+    seed, start, count, size, backgrounds = args
+    return render_batch(seed, start, count, size, backgrounds)
 
 
-def render_training_set(seed: int, count: int, size: int = 128, workers: int | None = None) -> RenderedSet:
-    """Training samples 0..count-1 for `seed`, rendered on `workers` processes (default: all cores)."""
+def render_training_set(seed: int, count: int, size: int = 128, workers: int | None = None,
+                        backgrounds: tuple[str, ...] = BACKGROUNDS) -> RenderedSet:
+    """Training samples 0..count-1 for `seed` on `backgrounds`, rendered on `workers` processes (default: all
+    cores)."""
     workers = workers or os.cpu_count() or 1
     step = max(1, min(2000, count // workers + 1))
-    jobs = [(seed, s, min(step, count - s), size) for s in range(0, count, step)]
+    jobs = [(seed, s, min(step, count - s), size, backgrounds) for s in range(0, count, step)]
     images, captions, scenes = [], [], []
     for im, cap, sc in _parallel_map(_chunk, jobs, workers):
         images.append(im)

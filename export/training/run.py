@@ -18,7 +18,9 @@ from safetensors.torch import load_file, save_file
 from ralu_edge.errors import UserError
 from ralu_export import shapes_model as sm
 from ralu_export.eval.classifier import AttributeClassifier
+from ralu_export.eval.scoring import load_classifier
 from ralu_export.training.data import render_training_set, tokenize_captions
+from ralu_export.training.monitor import LearningCurve
 from ralu_export.training.train import (
     TrainConfig, classifier_accuracy, encode_latents, train_classifier, train_dit, train_vae,
 )
@@ -63,7 +65,18 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     training (the shipped model is such a second round, docs/shapes-model.md)."""
     started = time.monotonic()
     tokenizer_root = training_tokenizers(work / "tokenizers")
-    data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None)
+    # With a fixed VAE (init_weights) the latents depend only on the data settings: a resumed run reads them
+    # back instead of rendering and encoding again (tens of CPU minutes).
+    data_key = {"seed": cfg.seed, "num_images": cfg.num_images, "size": model_cfg.image_size,
+                "backgrounds": cfg.backgrounds, "resolutions": sorted(cfg.resolutions), "vae": str(init_weights)}
+    cache = work / "latents.pt"
+    cached = None
+    if init_weights is not None and cache.is_file():
+        cached = torch.load(cache)
+        cached = cached if cached.get("key") == data_key else None
+    if cached is None:
+        data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None,
+                                   backgrounds=training_backgrounds(cfg.backgrounds))
     report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
                     "torch": torch.__version__, "render_seconds": time.monotonic() - started}
     comps = _fresh_components(model_cfg, tokenizer_root, cfg.seed)
@@ -73,23 +86,42 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
         report["init_weights"] = {"from": str(init_weights), "earlier_report": earlier}
     comps = {k: v.to(device) for k, v in comps.items()}
     clf = clf.to(device)
-    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device)
-    if init_weights is None:
-        report["vae"] = train_vae(comps["vae"], images, cfg, work, device)
-        full = encode_latents(comps["vae"], images, model_cfg.image_size)
-        shift, scale = float(full.mean()), float(1.0 / full.std())
+    if cached is not None:
+        shift, scale = _keep_vae(comps["vae"], earlier, report)
+        latents = {s: t.to(device) for s, t in cached["latents"].items()}
+        captions = cached["captions"]
+        del cached
     else:
-        comps["vae"].eval()
-        shift, scale = earlier["latent_shift_factor"], earlier["latent_scaling_factor"]
-        full = None
-    comps["vae"].register_to_config(scaling_factor=scale, shift_factor=shift)
-    report["latent_shift_factor"], report["latent_scaling_factor"] = shift, scale
-    latents = {s: (encode_latents(comps["vae"], images, s) - shift) * scale for s in cfg.resolutions}
-    del images, full
-    clip_ids, t5_ids = (torch.from_numpy(a).to(device) for a in
-                        tokenize_captions(data.captions, tokenizer_root, sm.TEXT_LENGTH))
+        latents, captions, shift, scale = _latents(comps, data, cfg, model_cfg, work, device, report,
+                                                   earlier if init_weights is not None else None)
+        if init_weights is not None:
+            tmp = cache.with_suffix(".tmp")
+            torch.save({"key": data_key, "latents": {s: t.cpu() for s, t in latents.items()}, "captions": captions},
+                       tmp)
+            os.replace(tmp, cache)
+        del data
+
+    def tokenize(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(a).to(device) for a in tokenize_captions(captions, tokenizer_root, sm.TEXT_LENGTH))
+
+    clip_ids, t5_ids = tokenize(captions)
     ema = {n: copy.deepcopy(comps[n]).requires_grad_(False) for n in ("transformer", "text_encoder", "text_encoder_2")}
-    report["dit"] = train_dit(comps, ema, latents, clip_ids, t5_ids, cfg, work, device)
+    monitor = None
+    if cfg.eval_every:  # the learning curve: held-out prompts sampled by the EMA model and classified
+        earlier_samples = _samples_seen(report.get("init_weights", {}).get("earlier_report", {}))
+        guidances = (1.0, cfg.eval_guidance) if cfg.eval_guidance > 1 else (1.0,)
+        judge = load_classifier().to(device)  # the shipped judge, the one ralu-eval scores with
+        monitor = LearningCurve(work / "learning_curve.jsonl", ema, comps["vae"], judge, tokenize, cfg.dit_batch,
+                                model_cfg.image_size, cfg.eval_steps, guidances, scale, shift,
+                                label=f"seed {cfg.seed}", samples_before=earlier_samples)
+        if not (work / "learning_curve.jsonl").is_file():  # where this round starts from
+            monitor(0, float("nan"))
+    report["dit"] = train_dit(comps, ema, latents, clip_ids, t5_ids, cfg, work, device, empty_ids=tokenize([""]),
+                              monitor=monitor)
+    report["samples_seen"] = _samples_seen(report)
+    if monitor is not None:
+        report["learning_curve"] = [json.loads(line) for line in
+                                    (work / "learning_curve.jsonl").read_text().splitlines() if line.strip()]
     del latents
     if init_weights is None:
         report["classifier"] = train_classifier(clf, comps["vae"], cfg, work, device)
@@ -98,6 +130,52 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     report["total_seconds"] = time.monotonic() - started
     pack_weights(weights_out, {**ema, "vae": comps["vae"]}, clf, report)
     return report
+
+
+def _latents(comps: dict, data, cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path,
+             device: torch.device, report: dict, earlier: dict | None):
+    """Train the VAE (fresh runs) or take the earlier one, then encode the rendered set at every training
+    resolution: (latents {size: [N, C, h, w]} normalised, captions, shift, scale)."""
+    images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous().to(device)
+    if earlier is None:
+        report["vae"] = train_vae(comps["vae"], images, cfg, work, device)
+        full = encode_latents(comps["vae"], images, model_cfg.image_size)
+        shift, scale = float(full.mean()), float(1.0 / full.std())
+        del full
+        comps["vae"].register_to_config(scaling_factor=scale, shift_factor=shift)
+        report["latent_shift_factor"], report["latent_scaling_factor"] = shift, scale
+    else:
+        shift, scale = _keep_vae(comps["vae"], earlier, report)
+    latents = {s: (encode_latents(comps["vae"], images, s) - shift) * scale for s in cfg.resolutions}
+    return latents, data.captions, shift, scale
+
+
+def _keep_vae(vae, earlier: dict, report: dict) -> tuple[float, float]:
+    """The earlier run's VAE and latent normalisation, as they are: (shift, scale)."""
+    vae.eval()
+    shift, scale = earlier["latent_shift_factor"], earlier["latent_scaling_factor"]
+    vae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    report["latent_shift_factor"], report["latent_scaling_factor"] = shift, scale
+    return shift, scale
+
+
+def training_backgrounds(name: str) -> tuple[str, ...]:
+    """TrainConfig.backgrounds -> the background kinds the training sampler draws."""
+    from ralu_export.shapes_world.world import BACKGROUNDS, PLAIN_BACKGROUNDS
+
+    choices = {"all": BACKGROUNDS, "plain": PLAIN_BACKGROUNDS}
+    if name not in choices:
+        raise UserError(f"--backgrounds must be one of {', '.join(choices)}, got {name!r}.")
+    return choices[name]
+
+
+def _samples_seen(report: dict) -> int:
+    """Transformer training samples behind a report, earlier rounds included."""
+    if "samples_seen" in report:
+        return int(report["samples_seen"])
+    own = report.get("dit", {}).get("steps", 0) * report.get("train_config", {}).get("dit_batch", 0)
+    earlier = report.get("init_weights", {}).get("earlier_report")
+    return int(own) + (_samples_seen(earlier) if earlier else 0)
 
 
 def _cpu_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:

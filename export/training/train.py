@@ -38,6 +38,15 @@ class TrainConfig:
     dit_warmup: int = 300
     ema_decay: float = 0.999
     resolutions: dict = field(default_factory=lambda: {128: 0.6, 64: 0.3, 96: 0.1})
+    # The data and objective levers of docs/shapes-model.md's learning curves (issue 12). The defaults are the
+    # recipe of the first two rounds: every background, no caption dropout, logit-normal(0, 1) sigmas.
+    backgrounds: str = "all"  # "all" (shapes_world.BACKGROUNDS) or "plain" (PLAIN_BACKGROUNDS)
+    caption_dropout: float = 0.0  # fraction of samples trained on the empty caption (for true CFG)
+    sigma_location: float = 0.0  # mean of the logit-normal sigma density (> 0 favours noisier sigmas)
+    sigma_uniform: float = 0.2  # fraction of sigmas drawn uniformly instead
+    eval_every: int = 0  # steps between learning-curve points (held-out prompts, sampled and classified)
+    eval_steps: int = 20  # Euler steps of those samples
+    eval_guidance: float = 0.0  # also score them with true CFG at this scale (0 = only without)
     clf_images: int = 30_000
     clf_steps: int = 2500
     clf_batch: int = 256
@@ -166,21 +175,32 @@ def image_ids(grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
     return ids.view(-1, 3)
 
 
-def sample_sigmas(batch: int, device: torch.device, g: torch.Generator) -> torch.Tensor:
-    """Training noise levels: logit-normal(0, 1) (SD3) for 80 %, uniform for 20 % so sigma near 0 and 1
-    (where RALU's stages start and end) are covered."""
-    logit = torch.sigmoid(torch.randn(batch, device=device, generator=g))
+def sample_sigmas(batch: int, device: torch.device, g: torch.Generator, location: float = 0.0,
+                  uniform_fraction: float = 0.2) -> torch.Tensor:
+    """Training noise levels: logit-normal(location, 1) (SD3) for most, uniform for `uniform_fraction` so
+    sigma near 0 and 1 (where RALU's stages start and end) are covered."""
+    logit = torch.sigmoid(torch.randn(batch, device=device, generator=g) + location)
     uniform = torch.rand(batch, device=device, generator=g)
-    pick = torch.rand(batch, device=device, generator=g) < 0.8
+    pick = torch.rand(batch, device=device, generator=g) < 1.0 - uniform_fraction
     return torch.where(pick, logit, uniform).clamp(1e-4, 1.0)
 
 
+def drop_captions(clip_ids: torch.Tensor, t5_ids: torch.Tensor, empty: tuple[torch.Tensor, torch.Tensor],
+                  fraction: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replace a random `fraction` of the captions by the empty caption, tokenised as FluxPipeline tokenises
+    `negative_prompt=""`, so the model learns the unconditional velocity that true CFG subtracts."""
+    if fraction <= 0:
+        return clip_ids, t5_ids
+    drop = (torch.rand(clip_ids.shape[0], device=clip_ids.device, generator=g) < fraction)[:, None]
+    return torch.where(drop, empty[0], clip_ids), torch.where(drop, empty[1], t5_ids)
+
+
 def dit_loss(components: dict, latents: torch.Tensor, clip_ids: torch.Tensor, t5_ids: torch.Tensor,
-             g: torch.Generator) -> torch.Tensor:
+             g: torch.Generator, sigma_location: float = 0.0, sigma_uniform: float = 0.2) -> torch.Tensor:
     """Rectified-flow velocity MSE: x = (1 - s) x0 + s n, target n - x0 (the FLUX convention)."""
     x0 = pack_latents(latents)
     b, _, h, w = latents.shape
-    sigma = sample_sigmas(b, latents.device, g)
+    sigma = sample_sigmas(b, latents.device, g, sigma_location, sigma_uniform)
     noise = torch.randn(x0.shape, device=latents.device, generator=g)
     xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
     pooled = components["text_encoder"](clip_ids).pooler_output
@@ -193,8 +213,14 @@ def dit_loss(components: dict, latents: torch.Tensor, clip_ids: torch.Tensor, t5
 
 
 def train_dit(components: dict, ema: dict, latents: dict[int, torch.Tensor], clip_ids: torch.Tensor,
-              t5_ids: torch.Tensor, cfg: TrainConfig, work: Path, device: torch.device) -> dict:
-    """The transformer and both text encoders, jointly, on mixed resolutions; EMA copies are what ships."""
+              t5_ids: torch.Tensor, cfg: TrainConfig, work: Path, device: torch.device,
+              empty_ids: tuple[torch.Tensor, torch.Tensor] | None = None, monitor=None) -> dict:
+    """The transformer and both text encoders, jointly, on mixed resolutions; EMA copies are what ships.
+
+    empty_ids: the empty caption's (clip, t5) ids, needed when cfg.caption_dropout > 0. monitor: called as
+    monitor(step, mean recent loss) every cfg.eval_every steps and at the end (the learning curve)."""
+    if cfg.caption_dropout > 0 and empty_ids is None:
+        raise ValueError("caption dropout needs the empty caption's token ids")
     names = ("transformer", "text_encoder", "text_encoder_2")
     params = [p for n in names for p in components[n].parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.dit_lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -212,7 +238,8 @@ def train_dit(components: dict, ema: dict, latents: dict[int, torch.Tensor], cli
             group["lr"] = _lr_at(step, plan.total, cfg.dit_lr, cfg.dit_warmup)
         size = sizes[int(torch.multinomial(probs, 1, generator=g))]
         idx = torch.randint(0, clip_ids.shape[0], (cfg.dit_batch,), device=device, generator=g)
-        loss = dit_loss(components, latents[size][idx], clip_ids[idx], t5_ids[idx], g)
+        clip_b, t5_b = drop_captions(clip_ids[idx], t5_ids[idx], empty_ids, cfg.caption_dropout, g)
+        loss = dit_loss(components, latents[size][idx], clip_b, t5_b, g, cfg.sigma_location, cfg.sigma_uniform)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -226,7 +253,11 @@ def train_dit(components: dict, ema: dict, latents: dict[int, torch.Tensor], cli
         if step % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt, modules, opt, step, plan.extra())
             log.info("dit step %d loss %.4f (%.0f s)", step, np.mean(losses[-100:]), plan.seconds())
+        if monitor is not None and cfg.eval_every and step % cfg.eval_every == 0:
+            monitor(step, float(np.mean(losses[-cfg.eval_every:])))
     save_checkpoint(ckpt, modules, opt, step, plan.extra())
+    if monitor is not None and cfg.eval_every and step % cfg.eval_every:
+        monitor(step, float(np.mean(losses[-cfg.eval_every:])) if losses else float("nan"))
     return {"steps": step, "final_loss": float(np.mean(losses[-200:])) if losses else None,
             "seconds": plan.seconds()}
 
