@@ -39,6 +39,8 @@ TEXT_LENGTH = 32
 GRID_COLUMNS = ("base-50", "steps-18", "ralu-4x", "steps-10", "ralu-7x", "ralu-4x-canny", "ralu-4x-c0",
                 "ralu-4x-norenoise", "ralu-4x-fit1.65", "lowres-50")
 BOOTSTRAP_SAMPLES = 2000
+REAL_RENDERS_PER_PROMPT = 4  # real renders per prompt for the distribution metric (Fréchet distance)
+FD_PAIRS = (("ralu-4x", "steps-18"), ("ralu-5x", "steps-15"), ("ralu-7x", "steps-10"))
 WARMUP_INDEX = 10**6  # prompt index (seed offset) of the untimed warm-up image; far from any held-out index
 
 Kind = Literal["baseline", "ralu", "lowres", "stage1_x0"]
@@ -236,19 +238,30 @@ def paired_difference(correct: np.ndarray, reference: np.ndarray, rng: np.random
             "agreement": float((diff == 0).mean())}
 
 
-def summarize(configs, runs, scenes, costs, seed: int) -> list[dict]:
-    """Per-config numbers: attribute accuracies, fidelity to base-50, cost, wall clock (see the module docstring)."""
-    from ralu_export.eval.metrics import psnr, ssim
-    from ralu_export.eval.scoring import attribute_report, classify, load_classifier, object_checks
+def summarize(configs, runs, scenes, costs, seed: int, backgrounds: tuple[str, ...]) -> list[dict]:
+    """Per-config numbers: attribute accuracies, fidelity to base-50, the distribution metric, cost, wall clock
+    (see the module docstring). backgrounds: what the model was trained on, for the real renders."""
+    from ralu_export.eval.metrics import frechet_distance, paired_frechet_difference, psnr, ssim
+    from ralu_export.eval.scoring import (
+        attribute_report, classify, load_classifier, object_checks, reference_renders,
+    )
 
     clf = load_classifier()
     reference_images = runs[REFERENCE]["images"]
-    correct, rows = {}, []
+    real = reference_renders(scenes, REAL_RENDERS_PER_PROMPT, seed, backgrounds)
+    real_features = classify(clf, real.reshape(-1, *real.shape[2:])).features.reshape(*real.shape[:2], -1)
+    real_flat = real_features.reshape(-1, real_features.shape[-1])
+    correct, features, rows = {}, {}, []
     for c in configs:
         pred = classify(clf, runs[c.name]["images"])
         correct[c.name] = np.array([object_checks(pred, i, s)["all"] for i, s in enumerate(scenes)])
+        features[c.name] = pred.features
         row = {"name": c.name, "group": c.group, "kind": c.kind, "description": c.description,
-               **_settings(c), **costs[c.name], **attribute_report(pred, scenes)}
+               **_settings(c), **costs[c.name], **attribute_report(pred, scenes),
+               "frechet_distance": frechet_distance(pred.features, real_flat)}
+        if c.name != REFERENCE:
+            row["fd_vs_reference"] = paired_frechet_difference(
+                pred.features, features[REFERENCE], real_features, rng_for(seed, f"ralu_study/fd/{c.name}"))
         if c.name != REFERENCE:
             p, s = psnr(runs[c.name]["images"], reference_images), ssim(runs[c.name]["images"], reference_images)
             row.update(psnr_median_db=float(np.median(p)), psnr_mean_db=float(np.mean(np.minimum(p, 100.0))),
@@ -258,7 +271,23 @@ def summarize(configs, runs, scenes, costs, seed: int) -> list[dict]:
         row["per_prompt_correct"] = [int(x) for x in correct[c.name]]
         rows.append(row)
     _add_ratios(rows, costs)
+    for name, other in FD_PAIRS:  # RALU against step reduction at equal NFE, on the distribution metric
+        if name in features and other in features:
+            row = _get(rows, name)
+            row[f"fd_vs_{other}"] = paired_frechet_difference(features[name], features[other], real_features,
+                                                              rng_for(seed, f"ralu_study/fd/{name}-vs-{other}"))
+    real_row = {"frechet_distance_real_split": _real_split_fd(real_features)}
+    rows[0].update(real_row)
     return rows
+
+
+def _real_split_fd(real_features: np.ndarray) -> float:
+    """FD between one real render per prompt and the other renders: the floor a perfect sampler would reach
+    at this sample size."""
+    rest = real_features[:, 1:].reshape(-1, real_features.shape[-1])
+    from ralu_export.eval.metrics import frechet_distance
+
+    return frechet_distance(real_features[:, 0], rest)
 
 
 def _settings(c: StudyConfig) -> dict:
@@ -316,6 +345,8 @@ TABLE_COLUMNS = (  # header, width, row -> text
     ("shape", 5, lambda r: _num(r["shape_accuracy"], ".3f")),
     ("colour", 6, lambda r: _num(r["colour_accuracy"], ".3f")),
     ("pos", 5, lambda r: _num(r["position_accuracy"], ".3f")),
+    ("FD", 6, lambda r: _num(r.get("frechet_distance"), ".1f")),
+    ("ΔFD [95% CI]", 20, lambda r: _fd_delta_text(r)),
     ("PSNR md", 7, lambda r: _num(r.get("psnr_median_db"), ".2f")),
     ("PSNR mn", 7, lambda r: _num(r.get("psnr_mean_db"), ".2f")),
     ("SSIM md", 7, lambda r: _num(r.get("ssim_median"), ".3f")),
@@ -327,6 +358,11 @@ TABLE_COLUMNS = (  # header, width, row -> text
 def _delta_text(row: dict) -> str:
     v = row.get("vs_reference")
     return "–" if v is None else f"{v['delta']:+.3f} [{v['ci95'][0]:+.3f},{v['ci95'][1]:+.3f}]"
+
+
+def _fd_delta_text(row: dict) -> str:
+    v = row.get("fd_vs_reference")
+    return "–" if v is None else f"{v['delta']:+.1f} [{v['ci95'][0]:+.1f},{v['ci95'][1]:+.1f}]"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -363,6 +399,18 @@ def answers(rows: list[dict]) -> list[str]:
     d7 = _paired(rows, "ralu-7x", "steps-10")
     psnr_win, ssim_win = (r7[k] > s10[k] for k in ("psnr_median_db", "ssim_median"))
     ci = r4["vs_reference"]["ci95"]
+    fd_parts = []
+    for name, other in FD_PAIRS:
+        d = _get(rows, name).get(f"fd_vs_{other}")
+        if d is not None:
+            verdict = "better" if d["ci95"][1] < 0 else "worse" if d["ci95"][0] > 0 else "no measurable difference"
+            fd_parts.append(f"`{name}` {_get(rows, name)['frechet_distance']:.1f} vs `{other}` "
+                            f"{_get(rows, other)['frechet_distance']:.1f} (Δ {d['delta']:+.1f}, 95 % CI "
+                            f"[{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}]: {verdict})")
+    fd_answer = (f"**Distribution metric** (Fréchet distance between the classifier's features of the generated "
+                 f"images and of {REAL_RENDERS_PER_PROMPT} real renders per prompt; lower is better; base-50 "
+                 f"{base['frechet_distance']:.1f}, one real render per prompt against the rest "
+                 f"{base.get('frechet_distance_real_split', float('nan')):.1f}): " + "; ".join(fd_parts) + ".")
     return [
         f"**Does RALU-7x beat 10-step reduction?** Attribute accuracy: {'yes' if d7['delta'] > 0 else 'no'} "
         f"({r7['attribute_accuracy']:.3f} vs {s10['attribute_accuracy']:.3f}; paired {_ci(d7)}; with the Canny proxy "
@@ -377,6 +425,7 @@ def answers(rows: list[dict]) -> list[str]:
         f"is [{ci[0]:+.3f}, {ci[1]:+.3f}] over {base['n_prompts']} prompts: this prompt set cannot resolve a 0.03 "
         f"difference, in either direction. Plain 18-step reduction scores "
         f"{_get(rows, 'steps-18')['attribute_accuracy']:.3f}.",
+        fd_answer,
     ]
 
 
@@ -581,6 +630,7 @@ def study(args) -> int:
     import torch
 
     from ralu_export import torch_backend as tb
+    from ralu_export.eval.scoring import model_backgrounds
     from ralu_export.models import load_flux_pipeline, resolve_model
     from ralu_export.shapes_world import caption_for, heldout_scenes
 
@@ -594,7 +644,7 @@ def study(args) -> int:
                        args.seed)
     runs = run_study(configs, [caption_for(s) for s in scenes], ctx)
     costs = {c.name: config_costs(c, grid_h, grid_w, pipe.transformer.config) for c in configs}
-    rows = summarize(configs, runs, scenes, costs, args.seed)
+    rows = summarize(configs, runs, scenes, costs, args.seed, model_backgrounds(resolve_model("shapes")))
     print(format_table(rows))
     write_report(args.out, rows, environment_info(args, scenes, resolve_model("shapes"), load_start))
     write_grid(args.grid, runs, [n for n in GRID_COLUMNS if n in runs])

@@ -58,3 +58,39 @@ def test_classifier_features_are_closer_for_the_same_concept():
 
     ref = feats("star", "red")
     assert concept_similarity(feats("star", "red"), ref) > concept_similarity(feats("circle", "blue"), ref)
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula_and_orders_shifted_sets():
+    from scipy import linalg
+
+    from ralu_export.eval.metrics import frechet_distance
+
+    rng = np.random.default_rng(0)
+    real, same, shifted = rng.normal(size=(300, 16)), rng.normal(size=(80, 16)), rng.normal(size=(80, 16)) + 0.7
+    s1, s2 = np.cov(same, rowvar=False), np.cov(real, rowvar=False)
+    expected = ((same.mean(0) - real.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(same, real) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(shifted, real) > frechet_distance(same, real) + 16 * 0.7**2 * 0.8
+
+
+def test_paired_frechet_difference_finds_the_worse_sampler_and_brackets_its_estimate():
+    from ralu_export.eval.metrics import paired_frechet_difference
+
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(60, 4, 8))
+    good, bad = rng.normal(size=(60, 8)), rng.normal(size=(60, 8)) * 1.8 + 0.5
+    worse = paired_frechet_difference(bad, good, reference, np.random.default_rng(2), samples=100)
+    assert worse["ci95"][0] > 0 and worse["ci95"][0] <= worse["delta"] <= worse["ci95"][1]
+    assert paired_frechet_difference(good, good, reference, np.random.default_rng(2), samples=20)["delta"] == 0.0
+
+
+def test_reference_renders_are_deterministic_and_use_only_the_given_backgrounds():
+    from ralu_export.eval.scoring import reference_renders
+    from ralu_export.shapes_world import heldout_scenes
+
+    scenes = heldout_scenes()[:2]
+    a = reference_renders(scenes, 3, 0, ("plain-dark",))
+    assert a.shape == (2, 3, 128, 128, 3)
+    assert np.array_equal(a, reference_renders(scenes, 3, 0, ("plain-dark",)))
+    assert (a[:, :, 0, 0] == 70).all()  # the dark background's grey in every corner
+    assert not np.array_equal(a[:, 0], a[:, 1])  # jitter/rotation differ between renders of a prompt

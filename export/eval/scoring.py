@@ -79,3 +79,35 @@ def concept_similarity(features: np.ndarray, reference_features: np.ndarray) -> 
     a = features / np.linalg.norm(features, axis=1, keepdims=True)
     ref = reference_features / np.linalg.norm(reference_features, axis=1, keepdims=True)
     return float((a @ ref.mean(0)).mean() / np.linalg.norm(ref.mean(0)))
+
+
+def reference_renders(scenes: list[Scene], per_prompt: int, seed: int,
+                      backgrounds: tuple[str, ...]) -> np.ndarray:
+    """Real renders of each prompt's scene, the way the training stream draws them (centre jitter +-0.03,
+    rotation +-12 degrees, a background from `backgrounds`, which captions without a background phrase leave
+    open): uint8 [P, per_prompt, 128, 128, 3], a pure function of (scenes, per_prompt, seed, backgrounds)."""
+    from dataclasses import replace
+
+    from ralu_edge.rng import rng_for
+    from ralu_export.shapes_world import render
+
+    out = np.empty((len(scenes), per_prompt, 128, 128, 3), dtype=np.uint8)
+    for i, scene in enumerate(scenes):
+        rng = rng_for(seed, "eval/reference_renders", i)
+        for k in range(per_prompt):
+            n = len(scene.objects)
+            drawn = replace(scene, background=backgrounds[int(rng.integers(len(backgrounds)))])
+            out[i, k] = render(drawn, 128, jitter=rng.uniform(-0.03, 0.03, size=(n, 2)),
+                               angles_deg=rng.uniform(-12.0, 12.0, size=n), texture_seed=int(rng.integers(2**31)))
+    return out
+
+
+def model_backgrounds(model_folder: Path) -> tuple[str, ...]:
+    """The backgrounds a shapes-family model was trained on (its training_report.json; all when unrecorded)."""
+    import json
+
+    from ralu_export.shapes_world.world import BACKGROUNDS, PLAIN_BACKGROUNDS
+
+    report = model_folder / "training_report.json"
+    name = json.loads(report.read_text()).get("train_config", {}).get("backgrounds", "all") if report.is_file() else "all"
+    return PLAIN_BACKGROUNDS if name == "plain" else BACKGROUNDS

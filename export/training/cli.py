@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         if f.type in ("int", "float", "str"):
             a.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float, "str": str}[f.type],
                            default=getattr(TrainConfig(), f.name), help=f"TrainConfig.{f.name}")
+    a.add_argument("--resolutions", type=_resolutions, default=None,
+                   help="training resolutions and their shares, e.g. 128:0.7,64:0.3 (default: TrainConfig's)")
     s = sub.add_parser("assemble", help="packed weights -> FluxPipeline folder + classifier weights",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--weights", type=Path, required=True, help="folder written by `ralu-train all`")
@@ -40,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
     s.add_argument("--classifier-out", type=Path, required=True, help="where to write classifier.safetensors")
     return p
+
+
+def _resolutions(text: str) -> dict[int, float]:
+    try:
+        pairs = [item.split(":") for item in text.split(",")]
+        shares = {int(size): float(share) for size, share in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SIZE:SHARE[,SIZE:SHARE...], e.g. 128:0.7,64:0.3") from None
+    if not shares or any(size % 32 or size <= 0 or share <= 0 for size, share in shares.items()):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive multiples of 32, shares positive")
+    return shares
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
             overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                         if hasattr(args, f.name)}
+                         if getattr(args, f.name, None) is not None}
             report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,
                                    torch.device(args.device), init_weights=args.init_weights)
             print(json.dumps({k: report[k] for k in ("vae", "dit", "classifier", "classifier_accuracy_clean",
