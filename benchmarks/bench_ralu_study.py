@@ -146,6 +146,7 @@ class StudyContext:
     grid_h: int
     grid_w: int
     seed: int
+    sampling: object = None  # ralu_export.models.RecordedSampling: the model's recorded CFG, if any
     captured_x0: dict = field(default_factory=dict)  # config name -> stage-1 x̂₀ tokens of the current prompt
 
 
@@ -205,12 +206,12 @@ def run_study(configs: list[StudyConfig], prompts: list[str], ctx: StudyContext)
     runs = {c.name: {"images": [], "seconds": [], "transition_seconds": []} for c in configs}
     sampling = [c for c in configs if c.kind != "stage1_x0"]
     derived = [c for c in configs if c.kind == "stage1_x0"]
-    warmup_cond = tb.encode_prompt(ctx.pipe, ["a small red circle in the middle"], TEXT_LENGTH)
+    warmup_cond = tb.conditioning_as_recorded(ctx.pipe, "a small red circle in the middle", TEXT_LENGTH, ctx.sampling)
     for c in sampling:  # untimed warm-up at every sequence length; not a held-out prompt
         sample_image(c, ctx, WARMUP_INDEX, warmup_cond, tb.initial_noise(ctx.pipe, WARMUP_INDEX, SIZE, SIZE))
     started = time.perf_counter()
     for i, prompt in enumerate(prompts):
-        cond = tb.encode_prompt(ctx.pipe, [prompt], TEXT_LENGTH)
+        cond = tb.conditioning_as_recorded(ctx.pipe, prompt, TEXT_LENGTH, ctx.sampling)
         noise = tb.initial_noise(ctx.pipe, ctx.seed + i, SIZE, SIZE)
         shift = i % len(sampling)
         for c in sampling[shift:] + sampling[:shift] + derived:
@@ -574,6 +575,7 @@ def environment_info(args, scenes, model_path: Path, load_start: float) -> dict:
     import diffusers
     import torch
 
+    from ralu_export.models import recorded_sampling
     from ralu_export.shapes_world import SHAPES
 
     cpu = platform.processor() or "unknown CPU"
@@ -589,6 +591,7 @@ def environment_info(args, scenes, model_path: Path, load_start: float) -> dict:
         "python": platform.python_version(), "platform": platform.platform(),
         "model": "shapes", "transformer_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "n_prompts": len(scenes), "seed": args.seed,
+        "true_cfg_scale": recorded_sampling(model_path).true_cfg_scale,
         "chance_attribute_accuracy": float(np.mean([len(SHAPES) ** -len(sc.objects) for sc in scenes])),
         "training_share_64px": float(training["resolutions"].get("64", 0.0)),
         "image_size": SIZE, "text_tokens": TEXT_LENGTH,
@@ -631,7 +634,7 @@ def study(args) -> int:
 
     from ralu_export import torch_backend as tb
     from ralu_export.eval.scoring import model_backgrounds
-    from ralu_export.models import load_flux_pipeline, resolve_model
+    from ralu_export.models import load_flux_pipeline, recorded_sampling, resolve_model
     from ralu_export.shapes_world import caption_for, heldout_scenes
 
     torch.set_num_threads(args.threads)
@@ -640,8 +643,9 @@ def study(args) -> int:
     grid_h, grid_w = tb.packed_grid(pipe, SIZE, SIZE)
     scenes = heldout_scenes()[: args.limit or None]
     configs = study_configs(grid_h, grid_w)
-    ctx = StudyContext(pipe, tb.TorchFluxDenoiser(pipe.transformer), tb.vae_decode_callable(pipe), grid_h, grid_w,
-                       args.seed)
+    sampling = recorded_sampling(resolve_model("shapes"))  # every config samples with the model's own CFG
+    ctx = StudyContext(pipe, tb.denoiser_as_recorded(tb.TorchFluxDenoiser(pipe.transformer), sampling),
+                       tb.vae_decode_callable(pipe), grid_h, grid_w, args.seed, sampling)
     runs = run_study(configs, [caption_for(s) for s in scenes], ctx)
     costs = {c.name: config_costs(c, grid_h, grid_w, pipe.transformer.config) for c in configs}
     rows = summarize(configs, runs, scenes, costs, args.seed, model_backgrounds(resolve_model("shapes")))
