@@ -76,7 +76,7 @@ class ExecutorchDenoiser:
                      "pooled_projections": np.ascontiguousarray(cond.pooled[b:b + 1], dtype=np.float32),
                      "timestep": np.asarray(sigmas[b:b + 1], dtype=np.float32)}
             if self._spec.guidance:
-                guidance = cond.guidance if cond.guidance is not None else np.full((1,), 3.5, np.float32)
+                guidance = cond.guidance if cond.guidance is not None else np.full(tokens.shape[0], 3.5, np.float32)
                 feeds["guidance"] = np.asarray(guidance[b:b + 1] if np.ndim(guidance) else [guidance], np.float32)
             tables = {"rope_cos": cos, "rope_sin": sin}
             # a program method takes positional inputs: the manifest's input order is the contract

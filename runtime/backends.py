@@ -72,7 +72,7 @@ class OrtDenoiser:
                      "timestep": np.asarray(sigmas[b:b + 1], dtype=np.float32),
                      "rope_cos": cos, "rope_sin": sin}
             if self._spec.guidance:
-                guidance = cond.guidance if cond.guidance is not None else np.full((1,), 3.5, np.float32)
+                guidance = cond.guidance if cond.guidance is not None else np.full(tokens.shape[0], 3.5, np.float32)
                 feeds["guidance"] = np.asarray(guidance[b:b + 1] if guidance.ndim else [guidance], np.float32)
             out.append(self._clock.run(session, None, feeds)[0])
         return np.concatenate(out, axis=0)

@@ -314,10 +314,15 @@ def test_the_runtime_reproduces_diffusers_true_cfg_on_a_guidance_distilled_flux(
     gh, gw = runtime.grid
     noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, runtime.channels)).astype(np.float32)
     ours = runtime(PROMPT, mode="baseline", steps=steps, seed=seed).image
-    image = load_flux_pipeline(str(tiny_cfg))(
-        PROMPT, height=SIZE, width=SIZE, num_inference_steps=steps, max_sequence_length=32, output_type="np",
-        latents=torch.from_numpy(noise), **recorded_sampling(tiny_cfg).flux_pipeline_kwargs(1)).images[0]
-    assert psnr(ours, np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)) >= 40.0
+    reference = load_flux_pipeline(str(tiny_cfg))
+    images = []
+    for kwargs in (recorded_sampling(tiny_cfg).flux_pipeline_kwargs(1), {}):
+        image = reference(PROMPT, height=SIZE, width=SIZE, num_inference_steps=steps, max_sequence_length=32,
+                          output_type="np", latents=torch.from_numpy(noise), **kwargs).images[0]
+        images.append(np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8))
+    # random weights: guidance moves this image less than a trained model's (measured 92 dB to true CFG, 38 dB
+    # to the unguided image), so the bar is set where only the guided run clears it
+    assert psnr(ours, images[0]) >= 60.0 and psnr(ours, images[1]) < 50.0
 
 
 @pytest.mark.slow
