@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_args(args)
         prompts = read_prompts(args.prompt, args.prompts)
-        from ralu_runtime.images import parameters_text, save_png, side_by_side
         from ralu_runtime.pipeline import Pipeline
 
         pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
@@ -96,37 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
         for prompt in prompts:  # every prompt before the first image, so a bad one does not stop a batch midway
             pipe.check_prompt(prompt)
-        paths = iter(output_paths(args.out, prompts, modes, args.seed, args.compare))
+        paths = output_paths(args.out, prompts, modes, args.seed, args.compare)
         created_out = not args.out.exists()
         args.out.mkdir(parents=True, exist_ok=True)
-        results = []
-        for i, prompt in enumerate(prompts):
-            seed = args.seed + i
-            row = []
-            for mode in modes:
-                total = args.steps if mode == "baseline" else pipe.preset_for_mode(mode).nfe
-                bar, on_step = _progress(total, args.no_progress)
-                res = pipe(prompt, mode=mode, steps=args.steps, seed=seed, edge_proxy=args.edge_proxy,
-                           on_step=on_step, guidance_scale=args.guidance_scale)
-                bar.close()
-                fields = {"Mode": mode, "Steps": res.stats.nfe, "Seed": seed, "Size": "x".join(
-                    map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
-                    "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
-                    **({"CFG scale": scale} if scale is not None else {})}
-                path = save_png(next(paths), res.image, parameters_text(prompt, fields))
-                row.append((mode, res))
-                st = res.stats
-                results.append({"out": str(path), "prompt": prompt, "seed": seed, "mode": mode, "nfe": st.nfe,
-                                "token_steps": st.image_token_steps, "seconds_total": st.seconds_total,
-                                "seconds_denoise": st.seconds_denoise,
-                                "seconds_host": st.seconds_denoise - st.seconds_in_sessions_denoise,
-                                **{k: v for k, v in st.to_dict().items() if k not in ("mode", "nfe")}})
-            if args.compare:
-                grid = save_png(next(paths), side_by_side([r.image for _, r in row],
-                                                          [f"{m} {r.stats.seconds_total:.2f} s" for m, r in row]),
-                                parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed,
-                                                         **({"CFG scale": scale} if scale is not None else {})}))
-                results.append({"out": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
+        results = generate_images(pipe, args, prompts, modes, scale, iter(paths))
     except UserError as e:
         _remove_if_empty(args.out, created_out)
         print(f"error: {e}", file=sys.stderr)
@@ -142,6 +114,43 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             print(r["out"])
     return 0
+
+
+def generate_images(pipe, args: argparse.Namespace, prompts: list[str], modes: list[str], scale: float | None,
+                    paths) -> list[dict]:
+    """Every prompt in every mode (and the --compare grid), each PNG written to the next of `paths`; returns one
+    result dict per written image."""
+    from ralu_runtime.images import parameters_text, save_png, side_by_side
+
+    results = []
+    for i, prompt in enumerate(prompts):
+        seed = args.seed + i
+        row = []
+        for mode in modes:
+            total = args.steps if mode == "baseline" else pipe.preset_for_mode(mode).nfe
+            bar, on_step = _progress(total, args.no_progress)
+            res = pipe(prompt, mode=mode, steps=args.steps, seed=seed, edge_proxy=args.edge_proxy,
+                       on_step=on_step, guidance_scale=args.guidance_scale)
+            bar.close()
+            fields = {"Mode": mode, "Steps": res.stats.nfe, "Seed": seed, "Size": "x".join(
+                map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
+                "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
+                **({"CFG scale": scale} if scale is not None else {})}
+            path = save_png(next(paths), res.image, parameters_text(prompt, fields))
+            row.append((mode, res))
+            st = res.stats
+            results.append({"out": str(path), "prompt": prompt, "seed": seed, "mode": mode, "nfe": st.nfe,
+                            "token_steps": st.image_token_steps, "seconds_total": st.seconds_total,
+                            "seconds_denoise": st.seconds_denoise,
+                            "seconds_host": st.seconds_denoise - st.seconds_in_sessions_denoise,
+                            **{k: v for k, v in st.to_dict().items() if k not in ("mode", "nfe")}})
+        if args.compare:
+            grid = save_png(next(paths), side_by_side([r.image for _, r in row],
+                                                      [f"{m} {r.stats.seconds_total:.2f} s" for m, r in row]),
+                            parameters_text(prompt, {"Modes": " | ".join(modes), "Seed": seed,
+                                                     **({"CFG scale": scale} if scale is not None else {})}))
+            results.append({"out": str(grid), "prompt": prompt, "seed": seed, "mode": "compare"})
+    return results
 
 
 def _remove_if_empty(folder: Path, created: bool) -> None:

@@ -116,8 +116,9 @@ def test_a_killed_export_leaves_a_folder_the_next_export_removes_and_parents_are
 
 def test_an_android_export_prints_only_its_progress_and_parity_table(tmp_path):
     """The README's main command, as a new user runs it: no library chatter on stderr, only one progress line
-    per exported graph, one for the ORT conversion, and the parity table (issue 13: it used to be ~80 lines)."""
-    out = tmp_path / "bundle"
+    per exported graph, one for the ORT conversion, and the parity table (issue 13: it used to be ~80 lines).
+    The parent of --out does not exist yet: the export creates it, as `mkdir -p` would."""
+    out = tmp_path / "not" / "yet" / "bundle"
     done = subprocess.run([sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", "android",
                            "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
