@@ -32,7 +32,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if config.threads:
         so.intra_op_num_threads = config.threads
         so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: ORT's error lines would precede our one-sentence UserError on stderr
     return so
 
 

@@ -110,6 +110,8 @@ def _apply(world: World, case: Path, edits) -> str:
             _, rel, op, where, other, rehash = edit
             if not (case / rel).is_file() or (op == "swap" and (other == rel or not (case / other).is_file())):
                 continue
+            if (case / rel).is_symlink() or (op == "swap" and (case / other).is_symlink()):
+                continue  # already linked out: damaging it would make this harness read the canary itself
             damage_file(case, rel, op, where, other, world.canary)
             if rehash:
                 resign(case, rel)
@@ -118,7 +120,7 @@ def _apply(world: World, case: Path, edits) -> str:
             labels.append(f"file {rel} {op}{' re-hashed' if rehash else ''}")
         elif edit[0] == "tensor":
             _, rel, op, rehash = edit
-            if not (case / rel).is_file():
+            if not (case / rel).is_file() or (case / rel).is_symlink():
                 continue
             damage_tensor_file(case / rel, op)
             if rehash:

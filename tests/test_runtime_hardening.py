@@ -308,3 +308,14 @@ def test_a_damaged_embeddings_file_is_refused_in_one_sentence(desktop_bundle, tm
     done = _ralu_run(desktop_bundle, tmp_path / "o", "--prompt", "a <blob>", "--embeddings", str(path))
     assert message in _one_error_line(done)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_graph_onnx_runtime_cannot_load_is_one_sentence_without_its_log_lines(desktop_bundle, tmp_path):
+    """ORT logs its own error line to the terminal before raising; only our sentence may reach stderr."""
+    copy = _copy(desktop_bundle, tmp_path)
+    data = copy / "vae_decoder" / "model.onnx_data"
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+    _resign(copy, "vae_decoder/model.onnx_data")
+    done = _ralu_run(copy, tmp_path / "o", "--prompt", "a red circle")
+    assert "vae_decoder/model.onnx: ONNX Runtime could not load it" in _one_error_line(done)
+    assert not (tmp_path / "o").exists()
