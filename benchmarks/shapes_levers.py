@@ -13,6 +13,11 @@ to <work>/curves.jsonl.
   python benchmarks/shapes_levers.py table --work /tmp/levers --json benchmarks/results/shapes_levers.json
   python benchmarks/shapes_levers.py probe --model shapes --json benchmarks/results/shapes_probe.json
 
+`sweep` scores a model (a pipeline folder, or the EMA weights of a `ralu-train all` checkpoint over it) on the
+72 held-out prompts at several true-CFG scales with the learning curve's batched sampler:
+
+  python benchmarks/shapes_levers.py sweep --model shapes --checkpoint /tmp/main-run/work/dit/ckpt --scales 1,3,6,9
+
 `probe` asks a trained model what it knows without sampling: the DiT as a diffusion classifier. For renders of
 held-out single-object scenes it noises the latents at one sigma (3 draws), runs the transformer once per
 candidate caption (the true one with its shape, or its colour, swapped for every other) and counts how
@@ -206,6 +211,46 @@ def _text_separation(pipe, folder: Path) -> dict:
     return out
 
 
+def sweep(model: str, checkpoint: Path | None, scales: tuple[float, ...], steps: int, threads: int,
+          out: Path | None) -> list[dict]:
+    import torch
+
+    from ralu_export import shapes_model as sm
+    from ralu_export.eval.scoring import load_classifier
+    from ralu_export.models import load_flux_pipeline, resolve_model
+    from ralu_export.training.checkpoint import load_checkpoint
+    from ralu_export.training.data import tokenize_captions
+    from ralu_export.training.monitor import LearningCurve
+
+    torch.set_num_threads(threads)
+    folder = resolve_model(model)
+    pipe = load_flux_pipeline(model)
+    comps = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    step = None
+    if checkpoint is not None:  # the EMA copies are what would ship (the optimizer state is read and dropped)
+        params = [p for m in comps.values() for p in m.parameters()]
+        step, _ = load_checkpoint(checkpoint, {f"ema_{n}": m for n, m in comps.items()}, torch.optim.AdamW(params))
+    vae = pipe.vae.eval()
+
+    def tokenize(captions):
+        return tuple(torch.from_numpy(a) for a in tokenize_captions(captions, folder, sm.TEXT_LENGTH))
+
+    rows = []
+    for scale in scales:
+        curve = LearningCurve(Path(os.devnull), comps, vae, load_classifier(), tokenize, 0, 128, steps,
+                              (scale,), vae.config.scaling_factor, vae.config.shift_factor,
+                              label=f"{model} {checkpoint or ''} step {step}")
+        point = curve(step or 0, float("nan"))
+        row = {"scale": scale, "checkpoint_step": step, **point[f"cfg{scale:g}"]}
+        rows.append(row)
+        print(f"cfg {scale:4g}: single {row['attribute_accuracy_single']:.3f}  pair {row['attribute_accuracy_pair']:.3f}  "
+              f"shape {row['shape_accuracy']:.3f}  colour {row['colour_accuracy']:.3f}", flush=True)
+    if out is not None:
+        out.write_text(json.dumps({"model": model, "checkpoint": str(checkpoint), "steps": steps, "rows": rows},
+                                  indent=1) + "\n")
+    return rows
+
+
 def table(work: Path, out: Path | None) -> None:
     points = [json.loads(line) for line in (work / "curves.jsonl").read_text().splitlines() if line.strip()]
     runs = {}
@@ -245,8 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--sigmas", default="0.3,0.5,0.7,0.85,0.95")
     pr.add_argument("--threads", type=int, default=1)
     pr.add_argument("--json", type=Path, default=None)
+    sw = sub.add_parser("sweep")
+    sw.add_argument("--model", default="shapes")
+    sw.add_argument("--checkpoint", type=Path, default=None, help="a ralu-train checkpoint (…/dit/ckpt) over --model")
+    sw.add_argument("--scales", default="1,3,6,9")
+    sw.add_argument("--steps", type=int, default=20)
+    sw.add_argument("--threads", type=int, default=1)
+    sw.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.command == "run":
+    if args.command == "sweep":
+        sweep(args.model, args.checkpoint, tuple(float(x) for x in args.scales.split(",")), args.steps,
+              args.threads, args.json)
+    elif args.command == "run":
         run(args.lever, args.minutes, args.threads, args.work)
     elif args.command == "probe":
         probe(args.model, args.count, tuple(float(x) for x in args.sigmas.split(",")), args.threads, args.json)
