@@ -429,9 +429,10 @@ class Manifest:
         if not self.text_encoders:
             raise _fail("text_encoders", "is empty")
         roles = [g.role for g in self.graphs]
-        if roles.count("vae_decoder") > 1 or roles.count("vae_encoder") > 1:
-            raise _fail("graphs", f"hold {roles.count('vae_decoder')} VAE decoders and {roles.count('vae_encoder')} "
-                        "encoders; a bundle has at most one of each")
+        # Several decoders are legitimate: ExecuTorch / Core ML bundles carry `vae_decoder` (full resolution) and
+        # `vae_decoder_half` (the Canny proxy's half-resolution decode) as separate static programs, full first.
+        if roles.count("vae_encoder") > 1:
+            raise _fail("graphs", f"hold {roles.count('vae_encoder')} VAE encoders; a bundle has at most one")
         self._check_declared_dims()
 
     def _check_declared_dims(self) -> None:

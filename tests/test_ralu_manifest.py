@@ -145,3 +145,17 @@ def test_manifest_module_imports_with_numpy_unimportable():
              "assert 'numpy' not in [k for k, v in sys.modules.items() if v is not None]; print('ok')")
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_bundle_may_carry_a_full_and_a_half_resolution_vae_decoder_but_one_encoder(tmp_path):
+    """ExecuTorch / Core ML bundles list `vae_decoder` and `vae_decoder_half` (two static programs)."""
+    import dataclasses
+
+    manifest = _bundle(tmp_path)
+    path = "text_encoder/model.onnx"  # any listed file: only the manifest's own consistency is checked here
+    decoders = tuple(GraphEntry(name, "vae_decoder", path, "onnx", "fp32", (), ()) for name in
+                     ("vae_decoder", "vae_decoder_half"))
+    assert len(dataclasses.replace(manifest, graphs=manifest.graphs + decoders).graphs) == 4
+    encoders = tuple(GraphEntry(name, "vae_encoder", path, "onnx", "fp32", (), ()) for name in ("enc_a", "enc_b"))
+    with pytest.raises(UserError, match="at most one"):
+        dataclasses.replace(manifest, graphs=manifest.graphs + encoders)
