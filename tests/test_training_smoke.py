@@ -65,3 +65,34 @@ def test_init_weights_refuses_an_incomplete_pipeline_folder(tmp_path):
                            "--weights-out", str(tmp_path / "weights"), "--num-images", "4", "--workers", "1",
                            "--init-weights", str(tmp_path / "pipe")], capture_output=True, text=True)
     assert done.returncode == 2 and "has no transformer/diffusion_pytorch_model.safetensors" in done.stderr
+
+
+def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
+    """Plain backgrounds, caption dropout, one resolution, and a learning-curve point before and after the step
+    (held-out prompts sampled by the EMA model, scored without and with true CFG) in the packed report; the
+    encoded latents are cached for a resumed run."""
+    from ralu_export import builtin_model_path
+    from ralu_export.training.run import samples_seen_in
+
+    shipped = builtin_model_path("shapes")
+    done = subprocess.run([sys.executable, "-m", "ralu_export.training.cli", "all", "--work", str(tmp_path / "w"),
+                           "--weights-out", str(tmp_path / "weights"), "--threads", "2", "--num-images", "8",
+                           "--dit-batch", "2", "--dit-steps", "1", "--dit-warmup", "1", "--workers", "1",
+                           "--backgrounds", "plain", "--caption-dropout", "0.5", "--resolutions", "64:1",
+                           "--eval-every", "1", "--eval-steps", "1", "--eval-guidance", "2",
+                           "--init-weights", str(shipped)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "weights" / "training_report.json").read_text())
+    curve = report["learning_curve"]
+    assert [p["step"] for p in curve] == [0, 1] and curve[1]["samples_seen"] == curve[0]["samples_seen"] + 2
+    assert curve[0]["samples_seen"] == samples_seen_in(report["init_weights"]["earlier_report"]) > 0
+    for point in curve:
+        for key in ("cfg1", "cfg2"):
+            assert 0.0 <= point[key]["attribute_accuracy_single"] <= 1.0 and point[key]["colour_accuracy"] >= 0.0
+    assert report["train_config"]["backgrounds"] == "plain" and report["samples_seen"] == curve[1]["samples_seen"]
+    assert (tmp_path / "w" / "latents.pt").is_file()
+    bad = subprocess.run([sys.executable, "-m", "ralu_export.training.cli", "all", "--work", str(tmp_path / "w2"),
+                          "--weights-out", str(tmp_path / "weights2"), "--backgrounds", "textured",
+                          "--init-weights", str(shipped)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--backgrounds must be one of" in bad.stderr
+    assert not (tmp_path / "weights2").exists() and not (tmp_path / "w2").exists()

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise UserError("--device cuda was given but torch sees no GPU; use --device cpu.")
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
+            run.training_backgrounds(args.backgrounds)  # refuse a bad name before any folder is written
             overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                          if getattr(args, f.name, None) is not None}
             report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,

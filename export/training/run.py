@@ -108,9 +108,9 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     ema = {n: copy.deepcopy(comps[n]).requires_grad_(False) for n in ("transformer", "text_encoder", "text_encoder_2")}
     monitor = None
     if cfg.eval_every:  # the learning curve: held-out prompts sampled by the EMA model and classified
-        earlier_samples = _samples_seen(report.get("init_weights", {}).get("earlier_report", {}))
+        earlier_samples = samples_seen_in(report.get("init_weights", {}).get("earlier_report", {}))
         guidances = (1.0, cfg.eval_guidance) if cfg.eval_guidance > 1 else (1.0,)
-        judge = load_classifier().to(device)  # the shipped judge, the one ralu-eval scores with
+        judge = load_classifier()  # the shipped judge, the one ralu-eval scores with (on the CPU, as classify feeds it)
         monitor = LearningCurve(work / "learning_curve.jsonl", ema, comps["vae"], judge, tokenize, cfg.dit_batch,
                                 model_cfg.image_size, cfg.eval_steps, guidances, scale, shift,
                                 label=f"seed {cfg.seed}", samples_before=earlier_samples)
@@ -118,7 +118,7 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
             monitor(0, float("nan"))
     report["dit"] = train_dit(comps, ema, latents, clip_ids, t5_ids, cfg, work, device, empty_ids=tokenize([""]),
                               monitor=monitor)
-    report["samples_seen"] = _samples_seen(report)
+    report["samples_seen"] = samples_seen_in(report)
     if monitor is not None:
         report["learning_curve"] = [json.loads(line) for line in
                                     (work / "learning_curve.jsonl").read_text().splitlines() if line.strip()]
@@ -169,13 +169,13 @@ def training_backgrounds(name: str) -> tuple[str, ...]:
     return choices[name]
 
 
-def _samples_seen(report: dict) -> int:
+def samples_seen_in(report: dict) -> int:
     """Transformer training samples behind a report, earlier rounds included."""
     if "samples_seen" in report:
         return int(report["samples_seen"])
     own = report.get("dit", {}).get("steps", 0) * report.get("train_config", {}).get("dit_batch", 0)
     earlier = report.get("init_weights", {}).get("earlier_report")
-    return int(own) + (_samples_seen(earlier) if earlier else 0)
+    return int(own) + (samples_seen_in(earlier) if earlier else 0)
 
 
 def _cpu_state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
