@@ -39,3 +39,15 @@ def exported_bundle(request, target: str, precision: str = "fp32") -> Path:
 @pytest.fixture(scope="session")
 def desktop_bundle(request) -> Path:
     return exported_bundle(request, "desktop")
+
+
+def random_image_folder(path: Path, n: int = 2, size: int = 128) -> Path:
+    """A new folder of `n` random RGB PNGs (size x size, seed 0): photos for ralu-personalize."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    return path

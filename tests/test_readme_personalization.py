@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tests.conftest import random_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "<my-shape>"
@@ -21,16 +22,11 @@ def _readme_python() -> str:
 
 
 def test_the_readme_diffusers_snippet_loads_what_ralu_personalize_wrote(desktop_bundle, tmp_path):
-    from PIL import Image
     from safetensors.numpy import load_file
 
     from ralu_export import builtin_model_path
 
-    images = tmp_path / "my_photos"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    images = random_image_folder(tmp_path / "my_photos")
     learned_path = tmp_path / "learned_embeds.safetensors"
     done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(desktop_bundle),
                            "--images", str(images), "--token", TOKEN, "--init-word", "square", "--steps", "2",

@@ -14,6 +14,7 @@ import pytest
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import MANIFEST_NAME
 from ralu_runtime.bundle import open_bundle, verify_bundle_files
+from tests.conftest import random_image_folder
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -229,15 +230,6 @@ def test_compare_labels_each_panel_and_json_reports_peak_memory(desktop_bundle, 
 
 # --------------------------------------------------------- ralu-personalize: validate outputs before work
 
-def _image_folder(path: Path, n: int = 2, size: int = 128) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    path.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"{i}.png")
-    return path
 
 
 def _personalize(bundle: Path, images: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -251,7 +243,7 @@ def _personalize(bundle: Path, images: Path, out: Path, *extra: str) -> subproce
     ("tiny_image", "1x1 pixels, too small to learn from"),
 ])
 def test_ralu_personalize_refuses_before_the_first_step_and_leaves_nothing(desktop_bundle, tmp_path, case, message):
-    images = _image_folder(tmp_path / "imgs", size=1 if case == "tiny_image" else 128)
+    images = random_image_folder(tmp_path / "imgs", size=1 if case == "tiny_image" else 128)
     out = tmp_path / "work" / "learned.safetensors"
     out.parent.mkdir()
     if case == "out_is_folder":
@@ -265,7 +257,7 @@ def test_ralu_personalize_refuses_before_the_first_step_and_leaves_nothing(deskt
 
 
 def test_resume_without_a_checkpoint_says_it_starts_over(desktop_bundle, tmp_path):
-    images = _image_folder(tmp_path / "imgs", n=1)
+    images = random_image_folder(tmp_path / "imgs", n=1)
     done = _personalize(desktop_bundle, images, tmp_path / "l.safetensors", "--steps", "1", "--resume", "--json")
     assert done.returncode == 0, done.stderr
     assert f"warning: no checkpoint at {tmp_path / 'l.safetensors.checkpoint'} to resume from" in done.stderr
@@ -275,7 +267,7 @@ def test_resume_without_a_checkpoint_says_it_starts_over(desktop_bundle, tmp_pat
 def test_identical_runs_write_identical_learned_embedding_files_readable_by_others(desktop_bundle, tmp_path):
     import stat
 
-    images = _image_folder(tmp_path / "imgs", n=1)
+    images = random_image_folder(tmp_path / "imgs", n=1)
     files = []
     for name in ("a", "b"):
         done = _personalize(desktop_bundle, images, tmp_path / f"{name}.safetensors", "--steps", "2", "--seed", "4")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ralu_edge.manifest import read_manifest, verify_files
+from tests.conftest import random_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +108,9 @@ def test_optimum_opens_the_desktop_bundle_and_generates_the_diffusers_image(bund
 
 
 def test_ralu_personalize_learns_a_token_on_the_android_bundle_that_ralu_run_then_uses(bundles, tmp_path):
-    from PIL import Image
     from safetensors.numpy import load_file
 
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    images = random_image_folder(tmp_path / "images")
     learned = tmp_path / "learned_embeds.safetensors"
     done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(bundles("android")),
                            "--images", str(images), "--token", "<obj>", "--init-word", "square", "--steps", "2",

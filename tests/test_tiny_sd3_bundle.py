@@ -14,6 +14,7 @@ import pytest
 
 from ralu_edge.rng import rng_for
 from ralu_edge.sd3 import ClassifierFreeGuidance, stack_conditionings, unpatchify
+from tests.conftest import random_image_folder
 
 PROMPT = "a large blue square on the right"
 SIZE = 128
@@ -176,14 +177,9 @@ def test_an_android_sd3_bundle_runs_ralu_through_the_runtime(tiny_sd3, tmp_path)
 def test_ralu_personalize_learns_a_token_on_an_sd3_bundle_that_ralu_run_then_uses(desktop, tmp_path):
     """Forward-only personalization through the SD3 graphs (three text encoders, sin-cos denoiser): the
     learned file has an entry per encoder and ralu-run generates with it."""
-    from PIL import Image
     from safetensors.numpy import load_file
 
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    images = random_image_folder(tmp_path / "images", size=SIZE)
     learned = tmp_path / "learned_embeds.safetensors"
     done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_personalize", "--bundle", str(desktop), "--images",
                            str(images), "--token", "<obj>", "--init-word", "square", "--steps", "2", "--threads", "1",

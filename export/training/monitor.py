@@ -13,21 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ralu_export import shapes_model as sm
+from ralu_edge.schedules import flux_baseline_sigmas
 from ralu_export.eval.scoring import attribute_report, classify
 from ralu_export.shapes_world import caption_for, heldout_scenes
 from ralu_export.training.train import image_ids
-
-
-def flux_sigmas(steps: int, tokens: int) -> np.ndarray:
-    """FluxPipeline's sigma list for `steps` steps at `tokens` packed tokens (dynamic shift), ending with 0."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-    scheduler = sm.build_scheduler()
-    c = scheduler.config
-    mu = calculate_shift(tokens, c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift)
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps), mu=mu)
-    return scheduler.sigmas.numpy().astype(np.float64)
 
 
 @torch.no_grad()
@@ -40,7 +29,7 @@ def sample_images(comps: dict, clip_ids: torch.Tensor, t5_ids: torch.Tensor, siz
     lat = size // 2 ** (len(comps["vae"].config.block_out_channels) - 1)
     grid = lat // 2
     channels = comps["transformer"].config.in_channels
-    sigmas = flux_sigmas(steps, grid * grid)
+    sigmas = flux_baseline_sigmas(steps, grid * grid)  # FluxPipeline's own list (dynamic shift)
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     for start in range(0, clip_ids.shape[0], batch):
