@@ -44,6 +44,7 @@ class TrainConfig:
     caption_dropout: float = 0.0  # fraction of samples trained on the empty caption (for true CFG)
     sigma_location: float = 0.0  # mean of the logit-normal sigma density (> 0 favours noisier sigmas)
     sigma_uniform: float = 0.2  # fraction of sigmas drawn uniformly instead
+    object_weight: float = 0.0  # extra loss weight on object tokens (0 = plain MSE; see dit_loss)
     eval_every: int = 0  # steps between learning-curve points (held-out prompts, sampled and classified)
     eval_steps: int = 20  # Euler steps of those samples
     eval_guidance: float = 0.0  # also score them with true CFG at this scale (0 = only without)
@@ -197,8 +198,14 @@ def drop_captions(clip_ids: torch.Tensor, t5_ids: torch.Tensor, empty: tuple[tor
 
 
 def dit_loss(components: dict, latents: torch.Tensor, clip_ids: torch.Tensor, t5_ids: torch.Tensor,
-             g: torch.Generator, sigma_location: float = 0.0, sigma_uniform: float = 0.2) -> torch.Tensor:
-    """Rectified-flow velocity MSE: x = (1 - s) x0 + s n, target n - x0 (the FLUX convention)."""
+             g: torch.Generator, sigma_location: float = 0.0, sigma_uniform: float = 0.2,
+             object_weight: float = 0.0) -> torch.Tensor:
+    """Rectified-flow velocity MSE: x = (1 - s) x0 + s n, target n - x0 (the FLUX convention).
+
+    object_weight > 0 weights each token's error by 1 + object_weight * (its clean latent's distance from the
+    image's median token, over the largest such distance in the image), normalised to mean 1: on plain
+    backgrounds the median token is the background, so the tokens that carry the outline get the gradient
+    that the (shape-free) background would otherwise take (docs/shapes-model.md, issue 12)."""
     x0 = pack_latents(latents)
     b, _, h, w = latents.shape
     sigma = sample_sigmas(b, latents.device, g, sigma_location, sigma_uniform)
@@ -210,7 +217,18 @@ def dit_loss(components: dict, latents: torch.Tensor, clip_ids: torch.Tensor, t5
         hidden_states=xt, encoder_hidden_states=states, pooled_projections=pooled, timestep=sigma,
         img_ids=image_ids(h // 2, w // 2, latents.device), txt_ids=torch.zeros(t5_ids.shape[1], 3, device=latents.device),
         return_dict=False)[0]
-    return F.mse_loss(pred, noise - x0)
+    if object_weight <= 0:
+        return F.mse_loss(pred, noise - x0)
+    weight = 1.0 + object_weight * object_saliency(x0)
+    per_token = ((pred - (noise - x0)) ** 2).mean(dim=2)
+    return (weight * per_token).sum() / weight.sum()
+
+
+def object_saliency(x0: torch.Tensor) -> torch.Tensor:
+    """[B, N, C] packed clean latents -> [B, N] in [0, 1]: each token's distance from the image's median token
+    (the background on plain backgrounds) over the image's largest such distance."""
+    dist = (x0 - x0.median(dim=1, keepdim=True).values).norm(dim=2)
+    return dist / dist.amax(dim=1, keepdim=True).clamp_min(1e-6)
 
 
 def train_dit(components: dict, ema: dict, latents: dict[int, torch.Tensor], clip_ids: torch.Tensor,
@@ -240,7 +258,8 @@ def train_dit(components: dict, ema: dict, latents: dict[int, torch.Tensor], cli
         size = sizes[int(torch.multinomial(probs, 1, generator=g))]
         idx = torch.randint(0, clip_ids.shape[0], (cfg.dit_batch,), device=device, generator=g)
         clip_b, t5_b = drop_captions(clip_ids[idx], t5_ids[idx], empty_ids, cfg.caption_dropout, g)
-        loss = dit_loss(components, latents[size][idx], clip_b, t5_b, g, cfg.sigma_location, cfg.sigma_uniform)
+        loss = dit_loss(components, latents[size][idx], clip_b, t5_b, g, cfg.sigma_location, cfg.sigma_uniform,
+                        cfg.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
