@@ -523,22 +523,48 @@ def file_entries(bundle_dir: Path, exclude: tuple[str, ...] = (MANIFEST_NAME,)) 
     return tuple(entries)
 
 
-def verify_files(bundle_dir: Path, manifest: Manifest) -> None:
-    """Check that every file the manifest lists exists with its size and sha256; UserError naming the first
-    file that is missing, truncated or altered."""
+class DigestCache:
+    """sha256 digests `verify_files` may trust without reading a file again. This base knows none; the runtime's
+    verified-bundle cache (ralu_runtime.bundle) subclasses it, keyed by each file's identity and change stamps."""
+
+    def known(self, path: Path, stat: Any) -> Optional[str]:
+        """The digest recorded for `path` (resolved) in the state `stat` (its os.stat_result), or None."""
+        return None
+
+    def remember(self, path: Path, stat: Any, sha256: str) -> None:
+        """Record that `path` in the state `stat` was hashed and matched the manifest."""
+
+
+def verify_files(bundle_dir: Path, manifest: Manifest, cache: Optional[DigestCache] = None) -> int:
+    """Check every file the manifest lists before any is used: it exists, resolves (through any symlink) to a
+    place inside the bundle folder, and has the listed size and sha256. UserError naming the first file that is
+    missing, outside, truncated or altered. A file whose digest `cache` knows to be the listed one is not read
+    again. Returns how many files were hashed."""
     bundle_dir = Path(bundle_dir)
+    real_root = bundle_dir.resolve()
+    hashed = 0
     for entry in manifest.files:
         path = bundle_dir / entry.path
         if not path.is_file():
             raise UserError(f"{bundle_dir.name}/{entry.path}: missing from the bundle; re-export the bundle.")
-        size = path.stat().st_size
-        if size != entry.size:
-            raise UserError(f"{bundle_dir.name}/{entry.path}: {size} bytes but the manifest says {entry.size}; "
-                            "the file is truncated or replaced, re-export the bundle.")
-        digest = file_sha256(path)
+        real = path.resolve()
+        if not real.is_relative_to(real_root):
+            raise UserError(f"{bundle_dir.name}/{entry.path}: a link to {real}, outside the bundle folder; copy the "
+                            "bundle with its files (e.g. `cp -rL`) or re-export it.")
+        stat = real.stat()
+        if stat.st_size != entry.size:
+            raise UserError(f"{bundle_dir.name}/{entry.path}: {stat.st_size} bytes but the manifest says "
+                            f"{entry.size}; the file is truncated or replaced, re-export the bundle.")
+        if cache is not None and cache.known(real, stat) == entry.sha256:
+            continue
+        digest = file_sha256(real)
+        hashed += 1
         if digest != entry.sha256:
             raise UserError(f"{bundle_dir.name}/{entry.path}: sha256 {digest[:12]}… but the manifest says "
                             f"{entry.sha256[:12]}…; the file was altered, re-export the bundle.")
+        if cache is not None:
+            cache.remember(real, stat, digest)
+    return hashed
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:

@@ -1,11 +1,11 @@
-"""Opening a bundle: the manifest (schema-checked by ralu_edge.manifest) and the sha256 + size of every file
-it names, checked before any file is used. A verified-bundle cache (one JSON file in the user's cache folder)
-remembers (device, inode, size, mtime, ctime) -> sha256 per file so an unchanged bundle is not re-hashed on
-every start; any change of those stats re-hashes the file. The ctime is what makes the cache safe: a user can
-put an old mtime back with os.utime or `touch -d`, but every write or utime sets the ctime to the current time,
-and only the kernel sets it. A tampered, truncated or missing file is refused by name, and so is a file that
-resolves (through a symlink) to a place outside the bundle folder. `Bundle.path` hands out only paths the
-manifest vouches for."""
+"""Opening a bundle: the manifest (schema-checked by ralu_edge.manifest) and every file it names, checked by
+`ralu_edge.manifest.verify_files` before any file is used (a tampered, truncated or missing file is refused by
+name, and so is a file that resolves through a symlink to a place outside the bundle folder). What the runtime
+adds is a verified-bundle cache (one JSON file in the user's cache folder) that remembers (device, inode, size,
+mtime, ctime) -> sha256 per file, so an unchanged bundle is not re-hashed on every start; any change of those
+stats re-hashes the file. The ctime is what makes the cache safe: a user can put an old mtime back with os.utime
+or `touch -d`, but every write or utime sets the ctime to the current time, and only the kernel sets it.
+`Bundle.path` hands out only paths the manifest vouches for."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralu_edge.errors import UserError
-from ralu_edge.manifest import MANIFEST_NAME, Manifest, file_sha256, read_manifest
+from ralu_edge.manifest import MANIFEST_NAME, DigestCache, Manifest, file_sha256, read_manifest, verify_files
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,24 @@ def _cache_file() -> Path:
     return base / "ralu-edge" / "verified-files.json"
 
 
+class _VerifiedFiles(DigestCache):
+    """The verified-bundle cache: resolved path -> [device, inode, size, mtime_ns, ctime_ns, sha256]."""
+
+    def __init__(self, entries: dict):
+        self.entries = entries
+
+    @staticmethod
+    def _stamp(stat: os.stat_result) -> list[int]:
+        return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+    def known(self, path: Path, stat: os.stat_result) -> str | None:
+        cached = self.entries.get(str(path))
+        return cached[-1] if cached and cached[:-1] == self._stamp(stat) else None
+
+    def remember(self, path: Path, stat: os.stat_result, sha256: str) -> None:
+        self.entries[str(path)] = self._stamp(stat) + [sha256]
+
+
 def _load_cache(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -62,36 +80,15 @@ def _store_cache(path: Path, cache: dict) -> None:
 
 
 def verify_bundle_files(root: Path, manifest: Manifest, use_cache: bool = True) -> int:
-    """Check every file of the manifest; returns how many were hashed (the rest came from the cache)."""
+    """`verify_files` through the verified-bundle cache; returns how many files were hashed (the rest came from
+    the cache)."""
+    if not use_cache:
+        return verify_files(root, manifest)
     cache_path = _cache_file()
-    cache = _load_cache(cache_path) if use_cache else {}
-    hashed = 0
-    real_root = root.resolve()
-    for entry in manifest.files:
-        path = root / entry.path
-        if not path.is_file():
-            raise UserError(f"{root.name}/{entry.path}: missing from the bundle; re-export the bundle.")
-        real = path.resolve()
-        if not real.is_relative_to(real_root):
-            raise UserError(f"{root.name}/{entry.path}: a link to {real}, outside the bundle folder; copy the "
-                            "bundle with its files (e.g. `cp -rL`) or re-export it.")
-        st = real.stat()
-        if st.st_size != entry.size:
-            raise UserError(f"{root.name}/{entry.path}: {st.st_size} bytes but the manifest says {entry.size}; "
-                            "the file is truncated or replaced, re-export the bundle.")
-        key = str(real)
-        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-        cached = cache.get(key)
-        if cached and cached[:-1] == stamp and cached[-1] == entry.sha256:
-            continue
-        digest = file_sha256(path)
-        hashed += 1
-        if digest != entry.sha256:
-            raise UserError(f"{root.name}/{entry.path}: sha256 {digest[:12]}… but the manifest says "
-                            f"{entry.sha256[:12]}…; the file was altered, re-export the bundle.")
-        cache[key] = stamp + [digest]
-    if use_cache and hashed:
-        _store_cache(cache_path, cache)
+    cache = _VerifiedFiles(_load_cache(cache_path))
+    hashed = verify_files(root, manifest, cache)
+    if hashed:
+        _store_cache(cache_path, cache.entries)
     return hashed
 
 

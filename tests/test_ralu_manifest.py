@@ -1,6 +1,7 @@
-"""The bundle manifest schema (ralu_edge.manifest): round trip, validation, and file verification that
-refuses a missing, truncated or altered file by name. Standard library + ralu_edge only, so it also runs
-with torch blocked (scripts/test.sh)."""
+"""The bundle manifest schema (ralu_edge.manifest): round trip, validation, and file verification (the one
+verifier every layer uses) that refuses a missing, truncated, altered or linked-out file by name and lets a
+digest cache spare re-hashing. Standard library + ralu_edge only, so it also runs with torch blocked
+(scripts/test.sh)."""
 
 import ast
 import json
@@ -12,8 +13,8 @@ import pytest
 
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import (
-    BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_NAME, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo,
-    Parity, PresetEntry, PresetStages, Resolution, RopeSpec, StageGraph, TensorSpec, TextEncoderSpec,
+    BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_NAME, DenoiserSpec, DigestCache, ExporterInfo, GraphEntry, Manifest,
+    ModelInfo, Parity, PresetEntry, PresetStages, Resolution, RopeSpec, StageGraph, TensorSpec, TextEncoderSpec,
     TokenizerSpec, VaeSpec, file_entries, read_manifest, verify_files, write_manifest,
 )
 
@@ -87,6 +88,39 @@ def test_a_damaged_file_is_refused_by_name(tmp_path, damage, words):
     with pytest.raises(UserError, match="transformer/model.onnx_data") as info:
         verify_files(tmp_path, manifest)
     assert words in str(info.value) and "re-export" in str(info.value)
+
+
+def test_a_link_out_of_the_bundle_is_refused_even_with_the_right_bytes(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    manifest = _bundle(bundle)
+    target = bundle / "text_encoder" / "model.onnx"
+    outside = tmp_path / "elsewhere.onnx"
+    outside.write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(outside)
+    with pytest.raises(UserError, match="text_encoder/model.onnx: a link to .*outside the bundle folder"):
+        verify_files(bundle, manifest)
+
+
+def test_a_digest_cache_spares_the_files_it_vouches_for_and_learns_the_others(tmp_path):
+    manifest = _bundle(tmp_path)
+
+    class Cache(DigestCache):
+        def __init__(self):
+            self.digests = {}
+
+        def known(self, path, stat):
+            return self.digests.get((path, stat.st_size))
+
+        def remember(self, path, stat, sha256):
+            self.digests[(path, stat.st_size)] = sha256
+
+    cache = Cache()
+    assert verify_files(tmp_path, manifest, cache) == len(manifest.files)
+    assert verify_files(tmp_path, manifest, cache) == 0
+    cache.digests = {key: "0" * 64 for key in cache.digests}  # a digest the manifest does not list is re-checked
+    assert verify_files(tmp_path, manifest, cache) == len(manifest.files)
 
 
 def _edited(tmp_path, edit) -> dict:
