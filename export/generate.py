@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 from ralu_runtime.cli_run import read_prompts
 from ralu_runtime.images import save_png
 
@@ -29,28 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        prompts = read_prompts(args.prompt, args.prompts)
-        if args.steps < 1 or args.size % 16:
-            raise UserError(f"--steps must be >= 1 and --size a multiple of 16 (got {args.steps}, {args.size}).")
-        from ralu_export.eval.generate import flux_pipeline_images
-        from ralu_export.models import load_flux_pipeline, recorded_sampling, resolve_model
+    return run_cli(lambda: generate(args))
 
-        sampling = recorded_sampling(resolve_model(args.model))
-        pipe = load_flux_pipeline(args.model)
-        seeds = [args.seed + i for i in range(len(prompts))]
-        images = flux_pipeline_images(pipe, prompts, seeds, args.steps, size=args.size, sampling=sampling)
-        cfg = f", CFG scale: {sampling.true_cfg_scale}" if sampling.guided else ""
-        args.out.mkdir(parents=True, exist_ok=True)
-        for i, (prompt, seed, image) in enumerate(zip(prompts, seeds, images)):
-            path = args.out / f"{i:03d}-seed{seed}.png"
-            save_png(path, image, f"{prompt}\nSteps: {args.steps}, Seed: {seed}, Size: {args.size}x{args.size}, "
-                                  f"Model: {args.model}, Sampler: FluxPipeline{cfg}")
-            print(path)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def generate(args: argparse.Namespace) -> None:
+    """Sample every prompt with FluxPipeline, write one PNG each into --out, print the written paths."""
+    prompts = read_prompts(args.prompt, args.prompts)
+    if args.steps < 1 or args.size % 16:
+        raise UserError(f"--steps must be >= 1 and --size a multiple of 16 (got {args.steps}, {args.size}).")
+    from ralu_export.eval.generate import flux_pipeline_images
+    from ralu_export.models import load_flux_pipeline, recorded_sampling, resolve_model
+
+    sampling = recorded_sampling(resolve_model(args.model))
+    pipe = load_flux_pipeline(args.model)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    images = flux_pipeline_images(pipe, prompts, seeds, args.steps, size=args.size, sampling=sampling)
+    cfg = f", CFG scale: {sampling.true_cfg_scale}" if sampling.guided else ""
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, (prompt, seed, image) in enumerate(zip(prompts, seeds, images)):
+        path = args.out / f"{i:03d}-seed{seed}.png"
+        save_png(path, image, f"{prompt}\nSteps: {args.steps}, Seed: {seed}, Size: {args.size}x{args.size}, "
+                              f"Model: {args.model}, Sampler: FluxPipeline{cfg}")
+        print(path)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
 """The one exception type for mistakes a user can cause (bad path, bad image, unknown token, wrong
-resolution, tampered file, unknown target). Only a command line's `main()` catches it: it prints
-`error: <message>` to stderr and exits with status 2. Anything else is a bug and keeps its traceback."""
+resolution, tampered file, unknown target), and the one command-line epilogue that turns it into
+`error: <message>` on stderr and exit status 2 (Ctrl-C: status 130). Anything else is a bug and keeps its
+traceback. Standard library only."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -9,12 +15,13 @@ class UserError(Exception):
     exit_status = 2
 
 
-def run_cli(body, cleanup=None) -> int:
-    """Every command line's epilogue, in one place: run `body()` (its return value, or 0, is the exit status);
-    a UserError prints `error: <message>` to stderr and gives 2, Ctrl-C prints `interrupted` and gives 130.
-    `cleanup()` runs first in both cases (e.g. remove an output folder the command created)."""
-    import sys
+def run_cli(body: Callable[[], int | None], cleanup: Callable[[], None] | None = None, *,
+            interrupted: str = "interrupted") -> int:
+    """Every command line's epilogue, in one place: the exit status of `body()` (its return value, or 0 for None).
 
+    A UserError prints `error: <message>` to stderr and gives 2; Ctrl-C prints `interrupted` (e.g. "interrupted;
+    rerun with --resume ...") and gives 130. `cleanup()` runs first in both cases (e.g. take back an output folder
+    the command created). Any other exception is a bug: it propagates with its traceback, no clean-up."""
     try:
         status = body()
     except UserError as e:
@@ -25,6 +32,6 @@ def run_cli(body, cleanup=None) -> int:
     except KeyboardInterrupt:
         if cleanup is not None:
             cleanup()
-        print("interrupted", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     return 0 if status is None else int(status)

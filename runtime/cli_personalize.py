@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 from ralu_runtime.memory import peak_rss_mb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -99,35 +99,33 @@ def config_from_args(args):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
-    try:
-        from tqdm import tqdm
+    return run_cli(lambda: personalize(args),
+                   interrupted="interrupted; rerun with --resume to continue from the last checkpoint")
 
-        from ralu_runtime.personalize import Personalizer
 
-        config = config_from_args(args)
-        checkpoint = check_outputs(args)
-        personalizer = Personalizer.from_bundle(args.bundle, threads=args.threads)
-        images, files = load_images(args.images, personalizer.resolution.height)
-        if args.resume and not (checkpoint / "state.json").is_file():
-            logging.getLogger(__name__).warning("no checkpoint at %s to resume from; starting at step 0.",
-                                                checkpoint)
-        bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+def personalize(args: argparse.Namespace) -> None:
+    """Validate the inputs, fit the token (checkpointing beside --out), save it, print its path (or --json)."""
+    from tqdm import tqdm
 
-        def on_step(step: int, loss: float) -> None:
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.4f}")
-            bar.refresh()
+    from ralu_runtime.personalize import Personalizer
 
-        result = personalizer.fit(images, args.token, args.init_word, config, checkpoint=checkpoint,
-                                  resume=args.resume, on_step=on_step)
-        bar.close()
-        path = personalizer.save(result, args.out, args.init_word)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
-        return 130
+    config = config_from_args(args)
+    checkpoint = check_outputs(args)
+    personalizer = Personalizer.from_bundle(args.bundle, threads=args.threads)
+    images, files = load_images(args.images, personalizer.resolution.height)
+    if args.resume and not (checkpoint / "state.json").is_file():
+        logging.getLogger(__name__).warning("no checkpoint at %s to resume from; starting at step 0.", checkpoint)
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def on_step(step: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.refresh()
+
+    result = personalizer.fit(images, args.token, args.init_word, config, checkpoint=checkpoint,
+                              resume=args.resume, on_step=on_step)
+    bar.close()
+    path = personalizer.save(result, args.out, args.init_word)
     if args.json:
         print(json.dumps({"out": str(path), "token": result.token, "steps": result.steps_done,
                           "peak_rss_mb": peak_rss_mb(),
@@ -136,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
                           "images": [str(f) for f in files]}))
     else:
         print(path)
-    return 0
 
 
 if __name__ == "__main__":

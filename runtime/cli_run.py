@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 from ralu_runtime.memory import peak_rss_mb
 
 
@@ -80,40 +80,34 @@ def output_paths(out: Path, prompts: list[str], modes: list[str], seed: int, com
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="warning: %(message)s")
-    created_out = False
-    try:
-        check_args(args)
-        prompts = read_prompts(args.prompt, args.prompts)
-        from ralu_runtime.pipeline import Pipeline
+    created_out = not args.out.exists()  # an --out this run creates is taken back when it fails before writing
+    return run_cli(lambda: generate(args), cleanup=lambda: _remove_if_empty(args.out, created_out))
 
-        pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
-        pipe.check_size(args.height, args.width)
-        modes = pipe.modes if args.compare else [args.mode]
-        for mode in modes:
-            if mode not in pipe.modes:
-                raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
-        scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
-        for prompt in prompts:  # every prompt before the first image, so a bad one does not stop a batch midway
-            pipe.check_prompt(prompt)
-        paths = output_paths(args.out, prompts, modes, args.seed, args.compare)
-        created_out = not args.out.exists()
-        args.out.mkdir(parents=True, exist_ok=True)
-        results = generate_images(pipe, args, prompts, modes, scale, iter(paths))
-    except UserError as e:
-        _remove_if_empty(args.out, created_out)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        _remove_if_empty(args.out, created_out)
-        print("interrupted", file=sys.stderr)
-        return 130
+
+def generate(args: argparse.Namespace) -> None:
+    """Validate every input before the first image, write the PNGs, print their paths (or the --json report)."""
+    check_args(args)
+    prompts = read_prompts(args.prompt, args.prompts)
+    from ralu_runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
+    pipe.check_size(args.height, args.width)
+    modes = pipe.modes if args.compare else [args.mode]
+    for mode in modes:
+        if mode not in pipe.modes:
+            raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
+    scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
+    for prompt in prompts:  # every prompt before the first image, so a bad one does not stop a batch midway
+        pipe.check_prompt(prompt)
+    paths = output_paths(args.out, prompts, modes, args.seed, args.compare)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = generate_images(pipe, args, prompts, modes, scale, iter(paths))
     peak = peak_rss_mb()
     if args.json:
         print(json.dumps({**results[0], "bundle": str(args.bundle), "peak_rss_mb": peak, "images": results}))
     else:
         for r in results:
             print(r["out"])
-    return 0
 
 
 def generate_images(pipe, args: argparse.Namespace, prompts: list[str], modes: list[str], scale: float | None,

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,26 +99,26 @@ def _write_grid(path: Path, images) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.limit < 0 or args.threads < 0:
-            raise UserError(f"--limit and --threads must be 0 (all) or positive, got {args.limit} and {args.threads}.")
-        if args.threads:
-            import torch
+    return run_cli(lambda: report(args))
 
-            torch.set_num_threads(args.threads)
-        if args.bundle is not None:
-            report = evaluate_bundle(args.bundle, args.mode, args.steps, args.seed, args.limit, args.threads, args.grid)
-        else:
-            report = evaluate(args.model, args.steps, args.seed, args.limit, args.grid)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report))
+
+def report(args: argparse.Namespace) -> None:
+    """Evaluate the bundle (--bundle) or the model and print the report as a table, or one JSON object."""
+    if args.limit < 0 or args.threads < 0:
+        raise UserError(f"--limit and --threads must be 0 (all) or positive, got {args.limit} and {args.threads}.")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.bundle is not None:
+        result = evaluate_bundle(args.bundle, args.mode, args.steps, args.seed, args.limit, args.threads, args.grid)
     else:
-        for key, value in report.items():
+        result = evaluate(args.model, args.steps, args.seed, args.limit, args.grid)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
             print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
-    return 0
 
 
 if __name__ == "__main__":

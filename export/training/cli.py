@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,40 +58,41 @@ def _resolutions(text: str) -> dict[int, float]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    try:
-        import tempfile
+    return run_cli(lambda: train_or_assemble(args))
 
-        import torch
 
-        from ralu_export import shapes_model as sm
-        from ralu_export.training import run
-        from ralu_export.training.train import TrainConfig
+def train_or_assemble(args: argparse.Namespace) -> None:
+    """`all`: train every component and print the report's summary as JSON; `assemble`: write the pipeline
+    folder and print its path."""
+    import tempfile
 
-        if args.command == "all":
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            if args.device.startswith("cuda"):
-                if not torch.cuda.is_available():
-                    raise UserError("--device cuda was given but torch sees no GPU; use --device cpu.")
-                torch.backends.cuda.matmul.allow_tf32 = True
-                torch.backends.cudnn.allow_tf32 = True
-            run.training_backgrounds(args.backgrounds)  # refuse a bad name before any folder is written
-            overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                         if getattr(args, f.name, None) is not None}
-            report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,
-                                   torch.device(args.device), init_weights=args.init_weights)
-            print(json.dumps({k: report[k] for k in ("vae", "dit", "classifier", "classifier_accuracy_clean",
-                                                     "total_seconds") if k in report}))
-        else:
-            if not (args.weights / "training_report.json").is_file():
-                raise UserError(f"{args.weights}: no training_report.json; pass the folder `ralu-train all` wrote.")
-            with tempfile.TemporaryDirectory() as tmp:
-                toks = args.tokenizers or run.training_tokenizers(Path(tmp) / "tokenizers")
-                print(run.assemble_pipeline_folder(args.weights, toks, args.out, args.classifier_out))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    import torch
+
+    from ralu_export import shapes_model as sm
+    from ralu_export.training import run
+    from ralu_export.training.train import TrainConfig
+
+    if args.command == "all":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise UserError("--device cuda was given but torch sees no GPU; use --device cpu.")
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        run.training_backgrounds(args.backgrounds)  # refuse a bad name before any folder is written
+        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                     if getattr(args, f.name, None) is not None}
+        report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,
+                               torch.device(args.device), init_weights=args.init_weights)
+        print(json.dumps({k: report[k] for k in ("vae", "dit", "classifier", "classifier_accuracy_clean",
+                                                 "total_seconds") if k in report}))
+    else:
+        if not (args.weights / "training_report.json").is_file():
+            raise UserError(f"{args.weights}: no training_report.json; pass the folder `ralu-train all` wrote.")
+        with tempfile.TemporaryDirectory() as tmp:
+            toks = args.tokenizers or run.training_tokenizers(Path(tmp) / "tokenizers")
+            print(run.assemble_pipeline_folder(args.weights, toks, args.out, args.classifier_out))
 
 
 if __name__ == "__main__":
