@@ -10,12 +10,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ralu_edge.feeds import FLUX_DEFAULT_GUIDANCE, FeedSpec, graph_feeds, position_feeds, velocity_from_outputs
 from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
+from ralu_edge.sd3 import SincosGrid
 from ralu_edge.seam import Conditioning, Denoiser
 from ralu_edge.tokens import pack_latents, unpack_latents
 from ralu_export.models import RecordedSampling
-
-DEFAULT_GUIDANCE = 3.5  # diffusers FluxPipeline's default guidance_scale
 
 
 class TorchFluxDenoiser:
@@ -23,10 +23,15 @@ class TorchFluxDenoiser:
     FluxTransformer2DModel, numpy in and out (float32 velocity). Any batch B runs as one call, so classifier-free
     guidance's [negative, prompt] batch needs nothing special (see `denoiser_as_recorded`).
 
-    Positions go in as float `img_ids` and the conditioning's text positions as `txt_ids`: diffusers' FluxPosEmbed
-    builds RoPE from float ids, so RALU's fractional stage-2 positions (spec/RALU.md §5) need no special path.
-    σ goes in as `timestep` unchanged (the transformer multiplies it, and the guidance, by 1000 itself). The
-    transformer is used as given: its parameters must already be in `dtype` on the device it should run on."""
+    Everything but the module call is `ralu_edge.feeds`, as for the ORT and ExecuTorch backends: σ units (the
+    transformer takes σ and multiplies it, and the guidance, by 1000 itself), the guidance (the conditioning's,
+    else FLUX_DEFAULT_GUIDANCE), the velocity layout. The one difference is positions: the module takes the
+    feeds of optimum's transformer graph, float `txt_ids`/`img_ids` (`FeedSpec.positions = "ids"`), not the
+    exported core's RoPE tables, because FluxTransformer2DModel.forward builds its RoPE from ids inside
+    (FluxPosEmbed, which `ralu_edge.rope` mirrors) and has no argument to take tables; a reference that fed
+    our own tables would no longer check them. Float ids carry RALU's fractional stage-2 positions (spec/RALU.md
+    §5) unrounded. The transformer is used as given: its parameters must already be in `dtype` on the device it
+    should run on."""
 
     def __init__(self, transformer: torch.nn.Module, dtype: torch.dtype = torch.float32):
         param_dtype = next(transformer.parameters()).dtype
@@ -37,37 +42,30 @@ class TorchFluxDenoiser:
         self.dtype = dtype
         self.device = next(transformer.parameters()).device
         self.guidance_embeds = bool(getattr(transformer.config, "guidance_embeds", False))
+        self.feeds = FeedSpec(positions="ids", timestep="sigma", guidance=self.guidance_embeds)
 
-    def _tensor(self, array: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device=self.device, dtype=dtype or self.dtype)
+    def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
+        dtype = self.dtype if name in _MODEL_DTYPE_FEEDS else torch.float32
+        return torch.from_numpy(array).to(device=self.device, dtype=dtype)
 
     @torch.inference_mode()
     def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning) -> np.ndarray:
-        batch = tokens.shape[0]
-        if positions.shape != (tokens.shape[1], 3) or sigmas.shape != (batch,):
+        if positions.shape != (tokens.shape[1], 3) or sigmas.shape != (tokens.shape[0],):
             raise ValueError(f"seam shapes disagree: tokens {tokens.shape}, positions {positions.shape} "
                              f"(expected [L, 3]), sigmas {sigmas.shape} (expected [B])")
-        guidance = None
-        if self.guidance_embeds:
-            if cond.guidance is None:
-                raise ValueError("this transformer is guidance-distilled (guidance_embeds=True) but cond.guidance "
-                                 "is None; build the conditioning with encode_prompt(..., guidance_scale=3.5)")
-            guidance = self._tensor(cond.guidance, torch.float32)
-        velocity = self.transformer(
-            hidden_states=self._tensor(tokens),
-            timestep=self._tensor(sigmas, torch.float32),
-            guidance=guidance,
-            pooled_projections=self._tensor(cond.pooled),
-            encoder_hidden_states=self._tensor(cond.text_states),
-            txt_ids=self._tensor(cond.positions_for_text(), torch.float32),
-            img_ids=self._tensor(positions, torch.float32),
-            return_dict=False,
-        )[0]
-        return velocity.float().cpu().numpy()
+        (feeds,) = graph_feeds(self.feeds, tokens, sigmas, cond,
+                               position_feeds(self.feeds, positions, cond.positions_for_text()))
+        velocity = self.transformer(**{name: self._tensor(name, value) for name, value in feeds.items()},
+                                    return_dict=False)[0]
+        return velocity_from_outputs(self.feeds, [velocity.float().cpu().numpy()])
+
+
+_MODEL_DTYPE_FEEDS = ("hidden_states", "encoder_hidden_states", "pooled_projections")
+"""Feeds a FLUX module takes in its parameters' dtype; timestep, guidance and ids stay float32 (diffusers)."""
 
 
 def encode_prompt(pipe, prompts: list[str], max_sequence_length: int = 32,
-                  guidance_scale: float = DEFAULT_GUIDANCE) -> Conditioning:
+                  guidance_scale: float = FLUX_DEFAULT_GUIDANCE) -> Conditioning:
     """Text conditioning of a batch of prompts through the pipeline's own `encode_prompt` (CLIP pooled + T5).
 
     Returns Conditioning with text_states [B, T, D] float32 (T = max_sequence_length; the built-in model needs
@@ -88,7 +86,7 @@ def encode_prompt(pipe, prompts: list[str], max_sequence_length: int = 32,
 
 
 def encode_prompt_cfg(pipe, prompt: str, max_sequence_length: int = 32, negative_prompt: str = "",
-                      guidance_scale: float = DEFAULT_GUIDANCE) -> Conditioning:
+                      guidance_scale: float = FLUX_DEFAULT_GUIDANCE) -> Conditioning:
     """Classifier-free guidance conditioning of one prompt for a FLUX-family pipeline: batch 2, the negative
     prompt's row first (text_states [2, T, D], pooled [2, D_pooled], guidance [2] for a guidance-distilled
     transformer), each prompt encoded on its own as FluxPipeline does with `true_cfg_scale`. Wrap the
@@ -159,34 +157,29 @@ def vae_decode_callable(pipe) -> Callable[[np.ndarray], np.ndarray]:
 
 class TorchSd3Denoiser:
     """The seam over a diffusers SD3Transformer2DModel (spec/RALU.md §9.7), numpy in and out: the reference
-    the ORT SD3 backend is checked against. Tokens go through the exported core's torch module
-    (ralu_export.graph_modules.Sd3Denoiser: patch conv as a Linear, per-token position embeddings from
-    ralu_edge.sd3 at the seam's positions, σ·1000 as the timestep) and the (dy, dx, c) output is permuted
-    back to (c, dy, dx). On a full grid this is SD3Transformer2DModel.forward (tests/test_sd3_core.py).
-    Conditioning batch may be 2B (CFG): wrap with ralu_edge.guidance.ClassifierFreeGuidance."""
+    the ORT and ExecuTorch SD3 backends are checked against. It runs the exported core's torch module
+    (ralu_export.graph_modules.Sd3Denoiser: patch conv as a Linear, per-token position embeddings as an
+    input) on exactly the graph's feeds from `ralu_edge.feeds` (sin-cos `pos_embed` at the seam's positions,
+    σ·1000 as the timestep) and permutes its (dy, dx, c) output back to (c, dy, dx) there too. On a full grid
+    this is SD3Transformer2DModel.forward (tests/test_sd3_core.py). Any batch runs as one call; CFG's batch
+    2B comes from wrapping with ralu_edge.guidance.ClassifierFreeGuidance."""
 
     def __init__(self, transformer: torch.nn.Module, grid_h: int, grid_w: int):
-        from ralu_edge.sd3 import SincosGrid
         from ralu_export.graph_modules import Sd3Denoiser
 
         config = transformer.config
         self.core = Sd3Denoiser(transformer).eval()
-        self.grid_hw = (grid_h, grid_w)
-        self.latent_channels = int(config.out_channels)
         self.grid = SincosGrid(transformer.inner_dim, int(config.pos_embed_max_size),
                                int(config.sample_size) // int(config.patch_size))
+        self.feeds = FeedSpec(positions="sincos", timestep="sigma_x1000", output_order="dy_dx_c",
+                              sincos=self.grid, grid_hw=(grid_h, grid_w), latent_channels=int(config.out_channels))
 
     @torch.inference_mode()
     def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning) -> np.ndarray:
-        from ralu_edge.sd3 import packed_from_sd3_output, position_embeddings
-
-        embeds = position_embeddings(positions, *self.grid_hw, self.grid)
-        out = self.core(torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)),
-                        torch.from_numpy(np.ascontiguousarray(cond.text_states, dtype=np.float32)),
-                        torch.from_numpy(np.ascontiguousarray(cond.pooled, dtype=np.float32)),
-                        torch.from_numpy(np.asarray(sigmas, dtype=np.float32) * np.float32(1000.0)),
-                        torch.from_numpy(embeds))
-        return packed_from_sd3_output(out.float().numpy(), self.latent_channels)
+        (feeds,) = graph_feeds(self.feeds, tokens, sigmas, cond,
+                               position_feeds(self.feeds, positions, cond.positions_for_text()))
+        out = self.core(**{name: torch.from_numpy(value) for name, value in feeds.items()})
+        return velocity_from_outputs(self.feeds, [out.float().numpy()])
 
 
 def encode_prompt_sd3(pipe, prompt: str, max_sequence_length: int, negative_prompt: str = "") -> Conditioning:

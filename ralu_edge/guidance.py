@@ -28,8 +28,9 @@ class ClassifierFreeGuidance:
     float32 in that order (the Kotlin core computes the same expression, so the two agree bit for bit).
 
     The seam call takes tokens [B, L, C] and a Conditioning of batch 2B, the B negative rows first; the inner
-    denoiser sees both halves in one batch-2B call (backends whose graphs take batch 1 run the rows one by
-    one). scale 1 still runs both halves (a caller that wants one pass should not wrap)."""
+    denoiser sees both halves in one batch-2B call (every backend splits it into its graph's fixed batch with
+    `ralu_edge.feeds.graph_feeds`: FLUX graphs run the rows one by one, SD3 ExecuTorch programs the pair).
+    scale 1 still runs both halves (a caller that wants one pass should not wrap)."""
 
     inner: Denoiser
     scale: float

@@ -270,6 +270,8 @@ class DenoiserSpec:
     `packaging_note` records the measurement behind the choice. stage_lengths: every image-token count the
     bundle's presets and resolutions need. Inputs follow spec/RALU.md §9.1: timestep is sigma in [0, 1]
     (the graph multiplies by 1000) for FLUX, "sigma_x1000" for SD3 (spec §9.3 "Timestep scaling").
+    guidance: the graph has a distilled-guidance input (guidance-embedded FLUX.1-dev class models).
+    `ralu_edge.feeds.feed_spec` reads these conventions and turns every seam call into the graph's feeds.
     guidance_scale: the classifier-free guidance default of every mode ([negative "", prompt] batch,
     v = v_u + s·(v_c − v_u)): SD3's 7.0, or the true_cfg_scale a FLUX-family model records in its pipeline
     folder's sampling.json; None: no CFG batch (the runtime then refuses a requested scale).

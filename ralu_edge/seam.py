@@ -4,8 +4,9 @@ against and every backend (ORT sessions, ExecuTorch programs, the torch referenc
     velocity[B, L, C] = denoiser(tokens[B, L, C], positions[L, 3], sigmas[B], cond)
 
 `positions` are FLUX-style position ids (axis 0 unused for images, then row, col) in float64 and may be
-fractional (RALU stage 2). Backends that feed precomputed RoPE tables build them from the positions with
-`ralu_edge.rope` on the host. `sigmas` is the noise level sigma = 1 - t in [0, 1] (not x1000).
+fractional (RALU stage 2). `sigmas` is the noise level sigma = 1 - t in [0, 1] (not x1000). Every backend
+turns a call into its graph's inputs with `ralu_edge.feeds` (RoPE tables or SD3 sin-cos embeddings built on
+the host, the graph's σ units, the default guidance, batching) and the outputs back into the velocity.
 Must not import anything but numpy."""
 
 from __future__ import annotations

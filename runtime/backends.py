@@ -1,8 +1,8 @@
 """ONNX Runtime implementations of the denoiser seam, the text encoders (with injected learned-token
 embeddings) and the VAE. One session per graph; the dynamic-token denoiser graph serves every RALU stage
 length from one session (one copy of the weights: ENVIRONMENT.md measured it leaner and faster on the CPU EP
-than per-stage sessions). RoPE tables are computed on the host from the seam's positions (spec/RALU.md §9.1)
-and cached per position array, since a stage runs many steps over the same positions."""
+than per-stage sessions). The denoiser's feeds (positions, σ units, guidance, batching, output layout) are
+`ralu_edge.feeds`', shared with the ExecuTorch and torch backends."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ralu_edge.errors import UserError
-from ralu_edge.rope import rope_tables
-from ralu_edge.sd3 import SincosGrid, joint_text_states, packed_from_sd3_output, position_embeddings
+from ralu_edge.feeds import PositionFeedCache, feed_spec, graph_feeds, velocity_from_outputs
+from ralu_edge.sd3 import joint_text_states
 from ralu_edge.seam import Conditioning
 from ralu_runtime.bundle import Bundle
 from ralu_runtime.sessions import SessionConfig, open_session
@@ -36,108 +36,37 @@ class RunClock:
 
 
 class OrtDenoiser:
-    """The seam over the bundle's denoiser graph: velocity = f(tokens, positions, sigmas, cond)."""
+    """The seam over the bundle's denoiser graph, every family alike: `ralu_edge.feeds` turns each call into
+    the graph's feeds (RoPE tables or sin-cos embeddings, cached per position array; σ units; guidance; CFG
+    rows per run) and the outputs back into the velocity; this class only opens and runs the sessions."""
 
     def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock):
-        spec = bundle.manifest.denoiser
         self._bundle, self._config, self._clock = bundle, config, clock
-        self._spec = spec
-        self._rope = bundle.manifest.rope
+        self._denoiser = bundle.manifest.denoiser
+        self._feeds = feed_spec(bundle.manifest)
+        self._positions = PositionFeedCache(self._feeds)
         self._sessions: dict[str, object] = {}
-        self._rope_key: bytes | None = None
-        self._rope_tables: tuple[np.ndarray, np.ndarray] | None = None
 
     def _session(self, num_tokens: int):
-        name = self._spec.graph_for(num_tokens)
+        name = self._denoiser.graph_for(num_tokens)
         if name not in self._sessions:
             self._sessions[name] = open_session(self._bundle, name, self._config)
         return self._sessions[name]
 
-    def _tables(self, positions: np.ndarray, cond: Conditioning) -> tuple[np.ndarray, np.ndarray]:
-        key = positions.tobytes()
-        if key != self._rope_key:
-            ids = np.concatenate([cond.positions_for_text(), positions], axis=0)
-            self._rope_tables = rope_tables(ids, self._rope.axes_dim, self._rope.theta)
-            self._rope_key = key
-        return self._rope_tables
-
     def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning):
-        cos, sin = self._tables(positions, cond)
         session = self._session(tokens.shape[1])
-        out = []
-        for b in range(tokens.shape[0]):  # the exported graphs take batch 1
-            feeds = {"hidden_states": np.ascontiguousarray(tokens[b:b + 1], dtype=np.float32),
-                     "encoder_hidden_states": cond.text_states[b:b + 1].astype(np.float32),
-                     "pooled_projections": cond.pooled[b:b + 1].astype(np.float32),
-                     "timestep": np.asarray(sigmas[b:b + 1], dtype=np.float32),
-                     "rope_cos": cos, "rope_sin": sin}
-            if self._spec.guidance:
-                guidance = cond.guidance if cond.guidance is not None else np.full(tokens.shape[0], 3.5, np.float32)
-                feeds["guidance"] = np.asarray(guidance[b:b + 1] if guidance.ndim else [guidance], np.float32)
-            out.append(self._clock.run(session, None, feeds)[0])
-        return np.concatenate(out, axis=0)
+        runs = graph_feeds(self._feeds, tokens, sigmas, cond, self._positions(positions, cond.positions_for_text()))
+        return velocity_from_outputs(self._feeds, [self._clock.run(session, None, feeds)[0] for feeds in runs])
 
     def release(self) -> None:
         """Drop the sessions (low-memory handling); the next call reopens them."""
         self._sessions.clear()
 
 
-class OrtSd3Denoiser:
-    """The seam over an SD3-class bundle's transformer core (spec/RALU.md §9.7): the host supplies the
-    patchified tokens as they are, per-token sin-cos position embeddings built from the seam's positions
-    (cached per position array), sigma x 1000 when the graph takes it, and permutes the (dy, dx, c) output
-    back to the sampler's (c, dy, dx) layout. The whole batch (CFG's negative + prompt rows) is one run."""
-
-    def __init__(self, bundle: Bundle, config: SessionConfig, clock: RunClock):
-        spec = bundle.manifest.denoiser
-        if spec.pos_embed is None:
-            raise UserError(f"{bundle.root.name}: the manifest has sincos positions but no denoiser.pos_embed; "
-                            "re-export the bundle.")
-        self._bundle, self._config, self._clock, self._spec = bundle, config, clock, spec
-        p = spec.pos_embed
-        self._grid = SincosGrid(p.embed_dim, p.max_size, p.base_size, p.interpolation_scale)
-        res = bundle.manifest.resolutions[0]
-        self._grid_hw = (res.grid_height, res.grid_width)
-        self._latent_channels = bundle.manifest.vae.latent_channels
-        self._sessions: dict[str, object] = {}
-        self._embed_key: bytes | None = None
-        self._embeds: np.ndarray | None = None
-
-    def _session(self, num_tokens: int):
-        name = self._spec.graph_for(num_tokens)
-        if name not in self._sessions:
-            self._sessions[name] = open_session(self._bundle, name, self._config)
-        return self._sessions[name]
-
-    def _pos_embed(self, positions: np.ndarray) -> np.ndarray:
-        key = positions.tobytes()
-        if key != self._embed_key:
-            self._embeds = position_embeddings(positions, *self._grid_hw, self._grid)
-            self._embed_key = key
-        return self._embeds
-
-    def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning):
-        scale = 1000.0 if self._spec.timestep == "sigma_x1000" else 1.0
-        feeds = {"hidden_states": np.ascontiguousarray(tokens, dtype=np.float32),
-                 "encoder_hidden_states": np.ascontiguousarray(cond.text_states, dtype=np.float32),
-                 "pooled_projections": np.ascontiguousarray(cond.pooled, dtype=np.float32),
-                 "timestep": np.asarray(sigmas, dtype=np.float32) * np.float32(scale),
-                 "pos_embed": self._pos_embed(positions)}
-        out = self._clock.run(self._session(tokens.shape[1]), None, feeds)[0]
-        if self._spec.output_order == "dy_dx_c":
-            out = packed_from_sd3_output(out, self._latent_channels)
-        return out
-
-    def release(self) -> None:
-        """Drop the sessions (low-memory handling); the next call reopens them."""
-        self._sessions.clear()
-
-
-def open_denoiser(bundle: Bundle, config: SessionConfig, clock: RunClock):
-    """The seam over the bundle's denoiser: host RoPE tables (FLUX) or per-token sin-cos position embeddings
-    (SD3-class, `denoiser.positions == "sincos"`). Generation and personalization both open it here."""
-    sincos = bundle.manifest.denoiser.positions == "sincos"
-    return (OrtSd3Denoiser if sincos else OrtDenoiser)(bundle, config, clock)
+def open_denoiser(bundle: Bundle, config: SessionConfig, clock: RunClock) -> OrtDenoiser:
+    """The seam over the bundle's denoiser (FLUX RoPE or SD3-class sin-cos positions alike). Generation and
+    personalization both open it here."""
+    return OrtDenoiser(bundle, config, clock)
 
 
 @dataclass

@@ -327,7 +327,6 @@ def test_the_runtime_reproduces_diffusers_true_cfg_on_a_guidance_distilled_flux(
 
 @pytest.mark.slow
 def test_the_executorch_backend_runs_the_guided_batch_as_ort_does(tiny_bundles):
-    pytest.importorskip("executorch.runtime")
     from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
     from ralu_edge.sampler import ralu_sample
     from ralu_export.executorch_backend import ExecutorchDenoiser

@@ -142,3 +142,26 @@ def test_ralu_flux_4x_runs_end_to_end_through_the_backend(pipe, cond, edge_proxy
     image = tb.decode_tokens(pipe, result.tokens, grid_h, grid_w)
     assert image.shape == (1, SIZE, SIZE, 3) and image.dtype == np.uint8
     assert np.isfinite(result.tokens).all() and image.std() > 1.0
+
+
+def test_a_guidance_distilled_transformer_without_a_guidance_takes_the_flux_default():
+    """One behaviour on every engine (ralu_edge.feeds): a conditioning without a guidance means
+    FLUX_DEFAULT_GUIDANCE for a guidance-embedded transformer, as ORT and ExecuTorch always did."""
+    from diffusers import FluxTransformer2DModel
+
+    from ralu_edge.feeds import FLUX_DEFAULT_GUIDANCE
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=24,
+                                         guidance_embeds=True, axes_dims_rope=(4, 6, 6)).eval()
+    rng = np.random.default_rng(4)
+    tokens, positions, sigmas = rng.standard_normal((2, 16, 16)).astype(np.float32), grid_positions(4, 4), \
+        np.array([0.7, 0.4], np.float32)
+    text, pooled = rng.standard_normal((2, 5, 32)).astype(np.float32), rng.standard_normal((2, 24)).astype(np.float32)
+    denoiser = tb.TorchFluxDenoiser(transformer)
+    unset = denoiser(tokens, positions, sigmas, Conditioning(text, pooled))
+    default = denoiser(tokens, positions, sigmas, Conditioning(text, pooled, np.full(2, FLUX_DEFAULT_GUIDANCE)))
+    other = denoiser(tokens, positions, sigmas, Conditioning(text, pooled, np.full(2, 1.0)))
+    np.testing.assert_array_equal(unset, default)
+    assert np.abs(other - unset).max() > 1e-6
