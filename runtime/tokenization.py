@@ -1,4 +1,6 @@
-"""Prompt tokenisation for bundle text encoders with the `tokenizers` library (no transformers, no torch).
+"""Prompt tokenisation for bundle text encoders with the `tokenizers` library (no transformers, no torch): the
+one recipe (`PromptTokenizer`) that the runtime encodes prompts with, that ralu-export checks each exported
+tokenizer.json against transformers with, and that the conformance vectors for ports record.
 
 Ids are produced exactly as diffusers' FluxPipeline produces them (CLIP: <|startoftext|> ... <|endoftext|>
 padded with the pad id to max_length; T5: ... </s> padded with <pad>), truncating so the end-of-text token
@@ -19,6 +21,7 @@ import numpy as np
 from tokenizers import AddedToken, Tokenizer
 
 from ralu_edge.errors import UserError
+from ralu_edge.manifest import TokenizerSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,11 @@ class TokenizerConfig:
     eos_token_id: int
     first_free_id: int
 
+    @classmethod
+    def from_spec(cls, spec: TokenizerSpec) -> "TokenizerConfig":
+        """The config a manifest's TokenizerSpec describes."""
+        return cls(spec.max_length, spec.pad_token_id, spec.eos_token_id, spec.first_free_id)
+
 
 class PromptTokenizer:
     """A loaded tokenizer.json plus the learned tokens added to it (token string -> placeholder id)."""
@@ -120,20 +128,31 @@ class PromptTokenizer:
         self.placeholder_ids[token] = new_id
         return new_id
 
-    def encode(self, prompt: str) -> np.ndarray:
-        """Ids of one prompt: [1, max_length] int64, padded and truncated like FluxPipeline."""
-        encoding = self._tokenizer.encode(prompt)
-        ids = encoding.ids
+    def ids(self, prompt: str) -> list[int]:
+        """The ids of a prompt with the tokenizer's special tokens, neither truncated nor padded."""
+        return self._tokenizer.encode(prompt).ids
+
+    def padded_ids(self, prompt: str) -> list[int]:
+        """The max_length ids a text encoder reads: `ids` truncated as FluxPipeline truncates (the end-of-text
+        token kept last) and padded with the pad id."""
+        return self._fit(self.ids(prompt))
+
+    def _fit(self, ids: list[int]) -> list[int]:
         length = self.config.max_length
         if len(ids) > length:
-            if prompt not in self._truncated:
-                self._truncated.add(prompt)
-                kept_chars = max(end for _, end in encoding.offsets[:length - 1])
-                log.warning("the prompt is %d tokens for %s, which reads %d; %r is ignored (as in diffusers).",
-                            len(ids), self.name, length, prompt[kept_chars:].strip())
             ids = ids[:length - 1] + [self.config.eos_token_id]
-        ids = ids + [self.config.pad_token_id] * (length - len(ids))
-        return np.asarray(ids, dtype=np.int64)[None, :]
+        return ids + [self.config.pad_token_id] * (length - len(ids))
+
+    def encode(self, prompt: str) -> np.ndarray:
+        """`padded_ids` of one prompt as [1, max_length] int64; warns once per prompt that is truncated."""
+        encoding = self._tokenizer.encode(prompt)
+        length = self.config.max_length
+        if len(encoding.ids) > length and prompt not in self._truncated:
+            self._truncated.add(prompt)
+            kept_chars = max(end for _, end in encoding.offsets[:length - 1])
+            log.warning("the prompt is %d tokens for %s, which reads %d; %r is ignored (as in diffusers).",
+                        len(encoding.ids), self.name, length, prompt[kept_chars:].strip())
+        return np.asarray(self._fit(encoding.ids), dtype=np.int64)[None, :]
 
     def tokens(self, prompt: str) -> list[str]:
         """The token strings of a prompt (for messages and debugging)."""

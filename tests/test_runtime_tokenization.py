@@ -61,3 +61,22 @@ def test_add_learned_tokens_gives_consecutive_ids_and_is_idempotent_in_prompt_to
 def test_a_known_word_or_a_token_with_spaces_is_a_user_error(token):
     with pytest.raises(UserError):
         _tokenizer("t5", token)
+
+
+@pytest.mark.parametrize("kind", sorted(TOKENIZERS))
+def test_padded_ids_keep_the_end_of_text_token_when_truncating_and_pad_to_max_length(kind):
+    _, length, pad, eos, _ = TOKENIZERS[kind]
+    tok = _tokenizer(kind)
+    short, long = "a red circle", " ".join(["many words"] * 40)
+    assert tok.padded_ids(short) == tok.ids(short) + [pad] * (length - len(tok.ids(short)))
+    assert len(tok.ids(long)) > length
+    assert tok.padded_ids(long) == tok.ids(long)[:length - 1] + [eos]
+    assert tok.encode(long)[0].tolist() == tok.padded_ids(long) and tok.encode(long).dtype == "int64"
+
+
+def test_the_config_of_a_manifest_tokenizer_spec_is_its_subset():
+    from ralu_edge.manifest import TokenizerSpec
+
+    spec = TokenizerSpec("tokenizer_2", ("tokenizer_2/tokenizer.json",), "tokenizer_2/tokenizer.json", "t5", 32, 0, 1,
+                         None, 97)
+    assert TokenizerConfig.from_spec(spec) == TokenizerConfig(32, 0, 1, 97)
