@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from ralu_edge.errors import UserError
-from ralu_edge.tokens import grid_positions, pack_latents
-from ralu_edge.zo.timesteps import PutsConfig, draw_step, flow_matching_pair, posterior_latents
+from ralu_edge.feeds import FLUX_DEFAULT_GUIDANCE
+from ralu_edge.tokens import grid_positions
+from ralu_edge.zo.timesteps import PutsConfig, draw_step, training_pair
 from ralu_runtime.tokenization import learned_added_token, word_like_learned_tokens
 
 TEXT_LENGTH = 32  # the built-in model's T5 length (ralu_export.shapes_model.TEXT_LENGTH)
-DEFAULT_GUIDANCE = 3.5  # used only by guidance-distilled transformers (FLUX.1-dev); spec §11.1
 DEFAULT_CAPTION = "a {}"
 PosteriorMode = Literal["sample", "mean"]
 POSTERIOR_MODES: tuple[str, ...] = ("sample", "mean")
@@ -176,7 +176,7 @@ class TiHistory:
 def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, steps: int, seed: int,
                     lr: float = 5e-3, batch_size: int = 1, sigma_range: tuple[float, float] | PutsConfig | None = None,
                     *, captions: Sequence[str] | None = None, posterior: PosteriorMode = "sample",
-                    guidance: float = DEFAULT_GUIDANCE, theta_units: str = "absolute",
+                    guidance: float = FLUX_DEFAULT_GUIDANCE, theta_units: str = "absolute",
                     on_step: Callable[[TiStep], None] | None = None) -> tuple[dict[str, np.ndarray], TiHistory]:
     """Textual Inversion by backpropagation: ({"clip_l": [1, d_clip], "t5": [1, d_t5]} float32, history).
 
@@ -241,11 +241,9 @@ def _velocity_loss(pipe, means: np.ndarray, logvars: np.ndarray, ids: dict[str, 
                    sample_posterior: bool, guidance: float) -> torch.Tensor:
     """mean((v̂(x_σ, σ, c(θ)) − (ε − x₀))²) over the step's batch (spec §11.1), differentiable in θ only."""
     vae_config = pipe.vae.config
-    items = (draw.image_indices, draw.flips.astype(int))
-    x0 = posterior_latents(means[items], logvars[items], draw.posterior_noise if sample_posterior else None,
-                           vae_config.shift_factor or 0.0, vae_config.scaling_factor)  # [B, C, h, w]
-    x_sigma, target = flow_matching_pair(pack_latents(x0), pack_latents(draw.noise), draw.sigmas)
-    grid_h, grid_w = x0.shape[2] // 2, x0.shape[3] // 2
+    pair = training_pair(draw, means, logvars, shift_factor=vae_config.shift_factor or 0.0,
+                         scaling_factor=vae_config.scaling_factor, sample_posterior=sample_posterior)
+    grid_h, grid_w = means.shape[-2] // 2, means.shape[-1] // 2
     device, index = pipe.transformer.device, torch.from_numpy(draw.image_indices)
     pooled = pipe.text_encoder(ids["clip_l"][index].to(device)).pooler_output
     states = pipe.text_encoder_2(ids["t5"][index].to(device)).last_hidden_state
@@ -253,12 +251,12 @@ def _velocity_loss(pipe, means: np.ndarray, logvars: np.ndarray, ids: dict[str, 
     if getattr(pipe.transformer.config, "guidance_embeds", False):
         guidance_t = torch.full((len(index),), float(guidance), device=device)
     prediction = pipe.transformer(
-        hidden_states=torch.from_numpy(x_sigma).to(device),
+        hidden_states=torch.from_numpy(pair.x_sigma).to(device),
         timestep=torch.from_numpy(draw.sigmas.astype(np.float32)).to(device),
         guidance=guidance_t, pooled_projections=pooled, encoder_hidden_states=states,
         txt_ids=torch.zeros(states.shape[1], 3, device=device),
         img_ids=torch.from_numpy(grid_positions(grid_h, grid_w)).float().to(device), return_dict=False)[0]
-    return F.mse_loss(prediction.float(), torch.from_numpy(target).to(device))
+    return F.mse_loss(prediction.float(), torch.from_numpy(pair.target).to(device))
 
 
 def save_learned_embeds(path: str | os.PathLike, embeds: dict[str, np.ndarray], token: str,

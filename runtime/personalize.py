@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -19,9 +19,9 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from ralu_edge.errors import UserError
-from ralu_edge.tokens import grid_positions, pack_latents
+from ralu_edge.tokens import grid_positions
 from ralu_edge.zo.optimizer import ZOConfig, ZOState, init_state, zo_step
-from ralu_edge.zo.timesteps import PutsConfig, draw_step, flow_matching_pair, posterior_latents
+from ralu_edge.zo.timesteps import PutsConfig, draw_step, training_pair, velocity_mse
 from ralu_runtime.backends import LearnedTokens, OrtTextEncoders, OrtVae, RunClock, open_denoiser
 from ralu_runtime.bundle import Bundle, open_bundle
 from ralu_runtime.embeddings import save_learned_embeds
@@ -116,8 +116,7 @@ class Personalizer:
                 raise UserError(f"this bundle's {e.name} ships no token-embedding table (manifest field "
                                 "token_embeddings); re-export it with this version of ralu-export.")
             spec = self.bundle.manifest.tokenizer(e.tokenizer)
-            tok = PromptTokenizer(self.bundle.path(spec.file), TokenizerConfig(
-                spec.max_length, spec.pad_token_id, spec.eos_token_id, spec.first_free_id))
+            tok = PromptTokenizer(self.bundle.path(spec.file), TokenizerConfig.from_spec(spec))
             ids = [i for i in tok.encode(init_word)[0] if i not in (spec.pad_token_id, spec.eos_token_id,
                                                                   spec.bos_token_id)]
             if len(ids) != 1:
@@ -186,19 +185,17 @@ class Personalizer:
         while state.step < config.steps:
             draw = draw_step(config.seed, state.step + 1, num_images=len(images_u8),
                              latent_shape=means.shape[2:], puts=config.puts, image_pixels=res.height * res.width)
-            i, f = int(draw.image_indices[0]), int(draw.flips[0])
-            x0 = posterior_latents(means[i, f][None], logvars[i, f][None],
-                                   None if use_mean else draw.posterior_noise, vae.shift_factor, vae.scaling_factor)
-            x_sigma, target = flow_matching_pair(pack_latents(x0), pack_latents(draw.noise), draw.sigmas)
-            caption = config.captions[i % len(config.captions)].format(token)
+            pair = training_pair(draw, means, logvars, shift_factor=vae.shift_factor,
+                                 scaling_factor=vae.scaling_factor, sample_posterior=not use_mean)
+            caption = config.captions[int(draw.image_indices[0]) % len(config.captions)].format(token)
 
             def loss_fn(queries: np.ndarray) -> np.ndarray:
                 out = np.empty(len(queries), dtype=np.float64)
                 for q, vec in enumerate(queries):
                     parts = dict(zip([e.name for e in encoders], np.split(vec * scale, splits)))
                     cond = text.encode(caption, overrides={k: v[None] for k, v in parts.items()})
-                    v = self.denoiser(x_sigma, positions, draw.sigmas.astype(np.float32), cond)
-                    out[q] = float(np.mean((v.astype(np.float64) - target) ** 2))
+                    v = self.denoiser(pair.x_sigma, positions, draw.sigmas.astype(np.float32), cond)
+                    out[q] = velocity_mse(v, pair.target)
                 return out
 
             state, info = zo_step(state, loss_fn, config.zo)

@@ -111,10 +111,11 @@ def test_diffusers_load_textual_inversion_accepts_the_entries(fitted, base_pipe,
 
 
 def test_first_loss_is_the_seam_velocity_mse_at_the_init_embedding(base_pipe, images):
-    """The trainer's loss, recomputed the way the runtime will: draw_step → cached moments → flow pair → the
-    prompt with the token (its row = the init word's) through FluxPipeline.encode_prompt → the denoiser seam."""
-    from ralu_edge.tokens import grid_positions, pack_latents
-    from ralu_edge.zo.timesteps import PutsConfig, draw_step, flow_matching_pair, posterior_latents
+    """The trainer's loss, recomputed the way the runtime does: draw_step → ralu_edge.zo.training_pair of the
+    cached moments → the prompt with the token (its row = the init word's) through FluxPipeline.encode_prompt →
+    the denoiser seam → velocity_mse."""
+    from ralu_edge.tokens import grid_positions
+    from ralu_edge.zo.timesteps import PutsConfig, draw_step, training_pair, velocity_mse
     from ralu_export.torch_backend import TorchFluxDenoiser, encode_prompt
 
     caption = caption_for(SCENES[0]).replace("hexagon", "{}")
@@ -124,14 +125,12 @@ def test_first_loss_is_the_seam_velocity_mse_at_the_init_embedding(base_pipe, im
     ti.add_placeholder_token(pipe, TOKEN, INIT_WORD)
     means, logvars = ti.encode_image_moments(pipe, images[:1])
     draw = draw_step(8, 1, num_images=1, latent_shape=means.shape[2:], puts=PutsConfig(), image_pixels=128 * 128)
-    flip = draw.flips.astype(int)
-    x0 = posterior_latents(means[draw.image_indices, flip], logvars[draw.image_indices, flip], draw.posterior_noise,
-                           pipe.vae.config.shift_factor, pipe.vae.config.scaling_factor)
-    x_sigma, target = flow_matching_pair(pack_latents(x0), pack_latents(draw.noise), draw.sigmas)
+    pair = training_pair(draw, means, logvars, shift_factor=pipe.vae.config.shift_factor,
+                         scaling_factor=pipe.vae.config.scaling_factor)
     cond = encode_prompt(pipe, [caption.replace("{}", TOKEN)], max_sequence_length=ti.TEXT_LENGTH)
-    velocity = TorchFluxDenoiser(pipe.transformer)(x_sigma, grid_positions(16, 16), draw.sigmas.astype(np.float32),
-                                                   cond)
-    expected = np.mean((velocity.astype(np.float64) - target) ** 2)
+    velocity = TorchFluxDenoiser(pipe.transformer)(pair.x_sigma, grid_positions(16, 16),
+                                                   draw.sigmas.astype(np.float32), cond)
+    expected = velocity_mse(velocity, pair.target)
     assert history.losses[0] == pytest.approx(expected, rel=1e-5)
 
 

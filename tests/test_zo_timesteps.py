@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from ralu_edge.errors import UserError
+from ralu_edge.tokens import unpack_latents
 from ralu_edge.zo.timesteps import (
     NO_PUTS, PutsConfig, draw_step, flow_matching_pair, posterior_latents, sample_indices, sample_sigmas,
-    shift_sigmas, sigmas_for_ddpm_timesteps,
+    shift_sigmas, sigmas_for_ddpm_timesteps, training_pair, velocity_mse,
 )
 
 PIXELS_512, PIXELS_1024 = 512 * 512, 1024 * 1024
@@ -107,3 +108,38 @@ def test_posterior_latents_sample_then_normalise():
     mean, logvar = np.full((1, 2), 0.5, np.float32), np.full((1, 2), np.log(0.25), np.float32)
     z = posterior_latents(mean, logvar, np.array([[1.0, -2.0]], np.float32), shift_factor=0.1, scaling_factor=2.0)
     np.testing.assert_allclose(z, [[(0.5 + 0.5 - 0.1) * 2, (0.5 - 1.0 - 0.1) * 2]], rtol=1e-6)
+
+
+def _moments(num_images=3, channels=4, size=8):
+    """Raw VAE moments [N, 2 (flip), C, h, w] whose values name their image and flip: mean = 10·i + flip."""
+    means = np.zeros((num_images, 2, channels, size, size), np.float32)
+    means += (10 * np.arange(num_images))[:, None, None, None, None] + np.arange(2)[None, :, None, None, None]
+    return means, np.full_like(means, np.log(0.04))
+
+
+def test_training_pair_takes_each_samples_image_and_flip_and_packs_the_flow_pair():
+    means, logvars = _moments()
+    draw = draw_step(3, 2, num_images=3, latent_shape=means.shape[2:], puts=PutsConfig(), image_pixels=128 * 128,
+                     batch_size=4)
+    pair = training_pair(draw, means, logvars, shift_factor=0.5, scaling_factor=2.0, sample_posterior=False)
+    assert pair.x0.shape == pair.x_sigma.shape == pair.target.shape == (4, 16, 16)
+    clean = unpack_latents(pair.x0, 4, 4)
+    for b in range(4):  # the posterior mean of image i, flip f, normalised: (10·i + f − 0.5)·2
+        np.testing.assert_array_equal(clean[b], (10 * draw.image_indices[b] + int(draw.flips[b]) - 0.5) * 2.0)
+    noise = unpack_latents(pair.target, 4, 4) + clean
+    np.testing.assert_allclose(noise, draw.noise, atol=1e-5)
+    sigmas = draw.sigmas.astype(np.float32)[:, None, None]
+    np.testing.assert_allclose(pair.x_sigma, (1 - sigmas) * pair.x0 + sigmas * (pair.target + pair.x0), atol=1e-5)
+
+
+def test_training_pair_samples_the_posterior_with_the_draws_noise_unless_told_to_use_the_mean():
+    means, logvars = _moments()
+    draw = draw_step(1, 1, num_images=3, latent_shape=means.shape[2:], puts=PutsConfig(), image_pixels=128 * 128)
+    sampled = training_pair(draw, means, logvars, shift_factor=0.0, scaling_factor=1.0)
+    mean = training_pair(draw, means, logvars, shift_factor=0.0, scaling_factor=1.0, sample_posterior=False)
+    np.testing.assert_allclose(unpack_latents(sampled.x0 - mean.x0, 4, 4), 0.2 * draw.posterior_noise, atol=1e-5)
+
+
+def test_velocity_mse_is_the_float64_mean_squared_difference():
+    velocity, target = np.array([[1.0, 2.0]], np.float32), np.array([[0.0, 4.0]], np.float32)
+    assert velocity_mse(velocity, target) == 2.5

@@ -8,7 +8,8 @@ A trainer's loop, given a loss over candidate embeddings (ralu_runtime binds it 
     state = init_state(theta0, config, seed)
     while state.step < steps:
         draw = draw_step(seed, state.step + 1, num_images=..., latent_shape=..., puts=..., image_pixels=...)
-        state, info = zo_step(state, loss_fn_for(draw), config)
+        pair = training_pair(draw, means, logvars, shift_factor=..., scaling_factor=...)
+        state, info = zo_step(state, loss_fn_for(pair, draw.sigmas), config)  # velocity_mse per query
 """
 
 from ralu_edge.zo.estimator import (
@@ -18,8 +19,8 @@ from ralu_edge.zo.estimator import (
 from ralu_edge.zo.optimizer import StepInfo, ZOConfig, ZOState, adam_update, init_state, zo_step
 from ralu_edge.zo.subspace import low_variance_directions, project_out, push_history, standardize_columns
 from ralu_edge.zo.timesteps import (
-    NO_PUTS, PutsConfig, StepDraw, draw_step, flow_matching_pair, posterior_latents, sample_indices,
-    sample_sigmas, shift_sigmas, sigmas_for_ddpm_timesteps,
+    NO_PUTS, PutsConfig, StepDraw, TrainingPair, draw_step, flow_matching_pair, posterior_latents, sample_indices,
+    sample_sigmas, shift_sigmas, sigmas_for_ddpm_timesteps, training_pair, velocity_mse,
 )
 
 __all__ = [
@@ -27,5 +28,5 @@ __all__ = [
     "rge_gradient", "StepInfo", "ZOConfig", "ZOState", "adam_update", "init_state", "zo_step",
     "low_variance_directions", "project_out", "push_history", "standardize_columns", "NO_PUTS", "PutsConfig",
     "StepDraw", "draw_step", "flow_matching_pair", "posterior_latents", "sample_indices", "sample_sigmas",
-    "shift_sigmas", "sigmas_for_ddpm_timesteps",
+    "shift_sigmas", "sigmas_for_ddpm_timesteps", "TrainingPair", "training_pair", "velocity_mse",
 ]

@@ -1,7 +1,9 @@
 """What one personalization step feeds the denoiser, for flow-matching DiTs (spec/ZO_PERSONALIZATION.md §7,
 §10.3, §11.1–11.2): Partial Uniform Timestep Sampling (PUTS) as a high-noise σ range, the step's training
-sample (image, flip) from per-epoch permutations, its noise draws, and the rectified-flow noising with the
-velocity target. Shared by the zeroth-order trainer and the first-order baseline so both see the same data.
+sample (image, flip) from per-epoch permutations, its noise draws, the rectified-flow noising with the
+velocity target (`training_pair`: the whole composition, written once) and the loss. Shared by the
+zeroth-order trainer (ralu_runtime.personalize), the first-order baseline (ralu_export.textual_inversion) and
+the conformance vectors, so all of them see the same data.
 
 Every draw comes from `rng_for(seed, purpose, step)` with one purpose per quantity (STYLE.md "Randomness").
 Deviation: spec §10.3 draws everything from one generator per step in a fixed order; separate purposes give the
@@ -18,6 +20,7 @@ import numpy as np
 
 from ralu_edge.errors import UserError
 from ralu_edge.rng import rng_for
+from ralu_edge.tokens import pack_latents
 
 SigmaSampling = Literal["uniform", "ddpm_equivalent"]
 SIGMA_SAMPLINGS: tuple[str, ...] = ("uniform", "ddpm_equivalent")
@@ -207,3 +210,35 @@ def flow_matching_pair(x0: np.ndarray, noise: np.ndarray, sigmas: np.ndarray) ->
     noise = np.asarray(noise, dtype=np.float32)
     s = np.asarray(sigmas, dtype=np.float32).reshape((-1,) + (1,) * (x0.ndim - 1))
     return ((1 - s) * x0 + s * noise).astype(np.float32), (noise - x0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One step's denoiser input and target, as packed tokens [B, L, 4C] float32 each (spec §11.1): x0 the
+    normalised clean latents, x_sigma = (1 − σ)·x₀ + σ·ε what the denoiser sees at σ, target = ε − x₀."""
+
+    x0: np.ndarray
+    x_sigma: np.ndarray
+    target: np.ndarray
+
+
+def training_pair(draw: StepDraw, means: np.ndarray, logvars: np.ndarray, *, shift_factor: float,
+                  scaling_factor: float, sample_posterior: bool = True) -> TrainingPair:
+    """The training pair of a step's draw (spec §10.1, §10.3, §11.1): for each sample b, the cached VAE moments
+    of image draw.image_indices[b], flipped when draw.flips[b]; x₀ from them (`posterior_latents`, a posterior
+    sample with draw.posterior_noise, or the mean when sample_posterior is False); then x₀ and draw.noise packed
+    into tokens and noised to draw.sigmas (`flow_matching_pair`).
+
+    means, logvars: [num_images, 2 (unflipped, flipped), C, h, w] float32, raw (before shift and scale)."""
+    items = (draw.image_indices, draw.flips.astype(np.int64))
+    x0 = pack_latents(posterior_latents(means[items], logvars[items],
+                                        draw.posterior_noise if sample_posterior else None, shift_factor,
+                                        scaling_factor))
+    x_sigma, target = flow_matching_pair(x0, pack_latents(draw.noise), draw.sigmas)
+    return TrainingPair(x0, x_sigma, target)
+
+
+def velocity_mse(velocity: np.ndarray, target: np.ndarray) -> float:
+    """mean((v̂ − target)²) accumulated in float64: the training loss (spec Algorithm Z1 LOSS, §11.1)."""
+    difference = np.asarray(velocity, np.float64) - np.asarray(target, np.float64)
+    return float(np.mean(difference * difference))
