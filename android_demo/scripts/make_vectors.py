@@ -9,8 +9,9 @@ on its own, as FluxPipeline does with true_cfg_scale. The personalization steps 
 (`ralu_export.graph_modules.ClipTextEncoder` / `T5TextEncoder`, embeddings injected at the placeholder) and
 VAE posterior moments of ShapesWorld training images from `graph_modules.VaeEncoder`. The host-side values
 (schedules, token layouts, draws, renoising, Euler updates, ZO updates) are computed by ralu_edge via
-`ralu_runtime.conformance.write_vectors`, which accepts any seam denoiser; the denoiser only supplies the
-recorded velocities.
+`ralu_export.conformance.write_vectors`, which accepts any seam denoiser; the denoiser only supplies the
+recorded velocities. Every prompt is tokenized by the runtime's recipe (ralu_runtime.tokenization.PromptTokenizer)
+with the pipeline tokenizers' pad, eos and vocabulary size, as an export's manifest records them.
 
 Also writes a small bundle fixture (`bundle/`): placeholder graph files, the real tokenizer files and a
 `ralu_config.json` built with ralu_edge.manifest from the flux family's graph declarations, for the Kotlin
@@ -44,33 +45,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tokenizer_configs(pipe) -> dict:
+    """name -> TokenizerConfig of the pipeline's two tokenizers at TEXT_LENGTH (what an export's manifest says)."""
+    from ralu_runtime.tokenization import TokenizerConfig
+
+    return {name: TokenizerConfig(TEXT_LENGTH, int(tok.pad_token_id), int(tok.eos_token_id), len(tok))
+            for name, tok in (("tokenizer", pipe.tokenizer), ("tokenizer_2", pipe.tokenizer_2))}
+
+
+def tokenizer_file(name: str) -> Path:
+    from ralu_export import builtin_model_path
+
+    return builtin_model_path("shapes") / name / "tokenizer.json"
+
+
 class PersonalizationModel:
     """query_velocity for the ZO case: θ = [CLIP row ‖ T5 row] injected at the placeholder of the caption."""
 
     def __init__(self, pipe, caption: str):
         import torch
-        from tokenizers import Tokenizer
 
         from ralu_export import graph_modules as gm
         from ralu_export.torch_backend import TorchFluxDenoiser
-        from ralu_runtime.tokenization import add_learned_tokens
+        from ralu_runtime.tokenization import PromptTokenizer
 
         self.torch, self.pipe = torch, pipe
         self.clip = gm.ClipTextEncoder(pipe.text_encoder).eval()
         self.t5 = gm.T5TextEncoder(pipe.text_encoder_2).eval()
         self.denoiser = TorchFluxDenoiser(pipe.transformer)
         self.ids, self.placeholder_ids, self.init_rows = {}, {}, {}
-        for name, encoder, pad in (("tokenizer", pipe.text_encoder, "<|endoftext|>"),
-                                   ("tokenizer_2", pipe.text_encoder_2, "<pad>")):
-            tok = Tokenizer.from_file(str(REPO / f"export/builtin/shapes/{name}/tokenizer.json"))
-            init_ids = tok.encode(INIT_WORD, add_special_tokens=False).ids
+        configs = tokenizer_configs(pipe)
+        for name, encoder in (("tokenizer", pipe.text_encoder), ("tokenizer_2", pipe.text_encoder_2)):
+            init_ids = getattr(pipe, name).encode(INIT_WORD, add_special_tokens=False)
             if len(init_ids) != 1:
                 raise SystemExit(f"init word {INIT_WORD!r} is {len(init_ids)} tokens in {name}; pick a single-token word")
-            add_learned_tokens(tok, [PLACEHOLDER])  # as the runtime does: the token tokenizes like a word
-            tok.enable_truncation(TEXT_LENGTH)
-            tok.enable_padding(length=TEXT_LENGTH, pad_id=tok.token_to_id(pad), pad_token=pad)
-            self.ids[name] = torch.tensor([tok.encode(caption).ids], dtype=torch.int64)
-            self.placeholder_ids[name] = torch.tensor([tok.token_to_id(PLACEHOLDER)], dtype=torch.int64)
+            tok = PromptTokenizer(tokenizer_file(name), configs[name], (PLACEHOLDER,))  # the runtime's recipe
+            self.ids[name] = torch.from_numpy(tok.encode(caption))
+            self.placeholder_ids[name] = torch.tensor([tok.placeholder_ids[PLACEHOLDER]], dtype=torch.int64)
             self.init_rows[name] = encoder.get_input_embeddings().weight[init_ids[0]].detach().numpy().copy()
         self.clip_dim = self.init_rows["tokenizer"].shape[0]
 
@@ -191,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     from ralu_edge.zo import PutsConfig, ZOConfig
     from ralu_export import builtin_model_path
     from ralu_export import torch_backend as tb
+    from ralu_export import conformance as cf
     from ralu_export.models import load_flux_pipeline
-    from ralu_runtime import conformance as cf
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -207,13 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         notes={"caption": caption, "placeholder": PLACEHOLDER, "init_word": INIT_WORD,
                "theta_layout": "CLIP row (128) then T5 row (128)", "tau": "4 so that SG refreshes at steps 4 and 8"})
     shapes = builtin_model_path("shapes")
+    configs = tokenizer_configs(pipe)
     sources = cf.VectorSources(
         denoiser=tb.TorchFluxDenoiser(pipe.transformer),
         cond_for=lambda prompt: tb.encode_prompt(pipe, [prompt], max_sequence_length=TEXT_LENGTH),
         noise_for=lambda seed: tb.initial_noise(pipe, seed, SIZE, SIZE),
         grid=grid, latent_channels=pipe.transformer.config.in_channels // 4,
-        tokenizer_files={"tokenizer": (shapes / "tokenizer/tokenizer.json", "clip", TEXT_LENGTH),
-                         "tokenizer_2": (shapes / "tokenizer_2/tokenizer.json", "t5", TEXT_LENGTH)},
+        tokenizer_files={"tokenizer": (tokenizer_file("tokenizer"), "clip", configs["tokenizer"]),
+                         "tokenizer_2": (tokenizer_file("tokenizer_2"), "t5", configs["tokenizer_2"])},
         provenance={"script": "android_demo/scripts/make_vectors.py",
                     "denoiser": "ralu_export.torch_backend.TorchFluxDenoiser over the built-in shapes model, "
                                 "fp32, CPU",

@@ -6,7 +6,7 @@ import org.junit.Assert.assertTrue
 import org.junit.Test
 
 /**
- * The recorded classifier-free guidance runs (runtime/conformance.py: the real model's rows for the negative prompt ""
+ * The recorded classifier-free guidance runs (export/conformance/: the real model's rows for the negative prompt ""
  * and for the prompt at every call) replayed through the Kotlin [ClassifierFreeGuidance] and sampler: every guided
  * velocity equals the one ralu_edge computed bit for bit, every denoiser input matches, and so does the final latent.
  */

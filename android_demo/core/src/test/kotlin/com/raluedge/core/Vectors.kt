@@ -9,7 +9,7 @@ import java.nio.ByteOrder
 import kotlin.math.abs
 
 /**
- * The conformance vectors written by runtime/conformance.py (android_demo/scripts/make_vectors.py): index.json and
+ * The conformance vectors written by export/conformance/ (android_demo/scripts/make_vectors.py): index.json and
  * little-endian .bin arrays. Found through the system property `vectors.dir`, else on the test classpath
  * (`vectors/index.json`, as Gradle and test-core.sh put src/test/resources there).
  */

@@ -1,22 +1,29 @@
-"""Conformance vectors (issue 7): the committed vectors that the Kotlin core replays still hold what ralu_edge
-computes, the writer works with any seam denoiser (a numpy stub here, no torch), and the checker notices a
-changed value. NumPy + tokenizers only; runs with torch blocked (tests/block_torch.py)."""
+"""Conformance vectors (issue 7; ralu_export.conformance): the committed vectors that the Kotlin core replays
+still hold what ralu_edge and the runtime's tokenizer recipe compute, the writer works with any seam denoiser (a
+numpy stub here), the checker notices a changed value, and the checker's command line runs with torch made
+unimportable."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ralu_edge import presets as ralu_presets
 from ralu_edge.rng import rng_for
 from ralu_edge.seam import Conditioning
 from ralu_edge.zo import PutsConfig, ZOConfig
-from ralu_runtime import conformance as cf
+from ralu_export import conformance as cf
+from ralu_runtime.tokenization import TokenizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO / "android_demo/core/src/test/resources/vectors"
-SHAPES = REPO / "export/builtin/shapes"  # tokenizer.json files read by path; ralu_export is not imported
+SHAPES = REPO / "export/builtin/shapes"  # tokenizer.json files read by path; the pipeline is not loaded
 GRID = (16, 16)
+# The built-in model's tokenizers as its bundles' manifests describe them: max_length, pad, eos, first free id.
+CLIP_CONFIG, T5_CONFIG = TokenizerConfig(32, 1, 1, 400), TokenizerConfig(32, 0, 1, 97)
 
 
 class StubDenoiser:
@@ -41,9 +48,9 @@ def _stub_sources(with_zo: bool) -> cf.VectorSources:
         denoiser=StubDenoiser(), cond_for=lambda prompt: cond,
         noise_for=lambda seed: rng_for(seed, "initial_noise").standard_normal((1, 256, 16)).astype(np.float32),
         grid=GRID, latent_channels=4,
-        tokenizer_files={"tokenizer": (SHAPES / "tokenizer/tokenizer.json", "clip", 32),
-                         "tokenizer_2": (SHAPES / "tokenizer_2/tokenizer.json", "t5", 32)},
-        provenance={"denoiser": "tests.test_runtime_conformance.StubDenoiser"},
+        tokenizer_files={"tokenizer": (SHAPES / "tokenizer/tokenizer.json", "clip", CLIP_CONFIG),
+                         "tokenizer_2": (SHAPES / "tokenizer_2/tokenizer.json", "t5", T5_CONFIG)},
+        provenance={"denoiser": "tests.test_conformance.StubDenoiser"},
         runs=cf.DEFAULT_RUNS[::2], prompts=cf.DEFAULT_PROMPTS[:3],
         zo_case=zo_case if with_zo else None, query_velocity=stub_query_velocity if with_zo else None)
 
@@ -70,7 +77,7 @@ def test_every_recorded_denoiser_call_has_the_stage_length_of_its_preset():
         lengths = [vectors.array(call["tokens"]).shape[1] for call in run["calls"]]
         n = [sum(1 for call in run["calls"] if call["stage"] == s) for s in (1, 2, 3)]
         expected = [length for length, count in zip(run["stage_lengths"], n) for _ in range(count)]
-        assert lengths == expected and tuple(n) == cf.ralu_presets.get(run["mode"]).N
+        assert lengths == expected and tuple(n) == ralu_presets.get(run["mode"]).N
 
 
 def test_vectors_written_from_a_numpy_stub_denoiser_check_clean(tmp_path):
@@ -148,3 +155,36 @@ def test_projector_error_ignores_signs_and_null_space_rows():
     flipped = np.stack([-p[0], np.eye(4)[0]])  # same determined row up to sign; another null-space row
     assert cf.projector_error(flipped, p, np.array([3.0, 2.0, 1.0, 0.0])) == 0.0
     assert cf.projector_error(np.eye(4)[[1, 3]], p, np.array([3.0, 2.0, 1.0, 0.0])) > 0.1
+
+
+def test_the_checker_command_line_runs_with_torch_unimportable():
+    probe = ("import sys\n"
+             "for name in ('torch', 'torchvision', 'diffusers', 'transformers', 'executorch'):\n"
+             "    sys.modules[name] = None  # makes `import name` raise ImportError\n"
+             "from ralu_export.conformance.cli import main\n"
+             f"status = main([{str(VECTORS)!r}])\n"
+             "leaked = [m for m in sys.modules if m.split('.')[0] == 'torch' and sys.modules[m] is not None]\n"
+             "sys.exit(3 if leaked else status)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == "" and "0 mismatches" in done.stderr
+
+
+def test_the_checker_reports_a_folder_that_is_not_one_in_one_line_with_status_2(tmp_path, capsys):
+    from ralu_export.conformance.cli import main
+
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "make_vectors.py" in err and err.count("\n") == 1
+
+
+def test_a_changed_padded_id_is_reported(tmp_path):
+    import json
+
+    copy = tmp_path / "vectors"
+    shutil.copytree(VECTORS, copy)
+    index = json.loads((copy / cf.INDEX_NAME).read_text())
+    case = index["tokenizers"][1]["cases"][0]
+    case["padded"][-1] += 1
+    (copy / cf.INDEX_NAME).write_text(json.dumps(index))
+    assert any("padded ids of" in p and "tokenizer_2" in p for p in cf.check_vectors(copy))
