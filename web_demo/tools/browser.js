@@ -100,7 +100,7 @@ export async function generateOnPage(page, { prompt, mode, seed, steps = 28, edg
   await page.fill('#prompt', prompt);
   await page.selectOption('#mode', mode);
   await page.fill('#seed', String(seed));
-  await page.fill('#steps', String(steps));
+  if (mode === 'baseline') await page.fill('#steps', String(steps)); // disabled for RALU modes, whose presets fix N
   await page.selectOption('#edge', edge);
   await page.click('#generate');
   await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 600_000 });

@@ -73,6 +73,7 @@ async function load() {
   select.replaceChildren(...pipeline.modes.map((m) => new Option(m, m)));
   if (!pipeline.modes.includes(previous)) pipeline.check({ prompt: 'x', mode: previous, steps: 1, seed: 0, edgeProxy: 'latent_grad' });
   select.value = previous;
+  select.dispatchEvent(new Event('change'));
   const res = pipeline.manifest.resolution;
   $('status').textContent = `${pipeline.label}: ${pipeline.manifest.data.model.name} ${res.width}×${res.height}, loaded in ${(pipeline.loadMs / 1000).toFixed(1)} s`
     + (pipeline.learnedToken ? `, learned token ${pipeline.learnedToken}` : '') + '.';
@@ -158,6 +159,8 @@ async function start() {
   for (const [key, id] of [['prompt', 'prompt'], ['seed', 'seed'], ['steps', 'steps'], ['edge', 'edge'], ['backend', 'backend']]) {
     if (params.has(key)) $(id).value = params.get(key);
   }
+  const stepsApply = () => { $('steps').disabled = $('mode').value !== 'baseline'; }; // RALU presets fix their steps
+  $('mode').addEventListener('change', stepsApply);
   $('form').addEventListener('submit', guarded(generate));
   $('backend').addEventListener('change', guarded(load));
   $('embeddings').addEventListener('change', guarded(async () => {
