@@ -37,9 +37,9 @@ export async function shapesBundle() {
 }
 
 /** `ralu-run --json` for one image; returns its result object (out: the PNG path, seconds_denoise, ...). */
-export async function raluRun(bundle, { prompt, mode, seed, steps = 28, threads = 0, embeddings = null, outDir }) {
+export async function raluRun(bundle, { prompt, mode, seed, steps = 28, threads = 0, embeddings = null, edgeProxy = 'latent_grad', outDir }) {
   const args = ['--bundle', bundle, '--prompt', prompt, '--mode', mode, '--seed', String(seed), '--steps', String(steps),
-    '--threads', String(threads), '--out', outDir, '--json', '--no-progress'];
+    '--threads', String(threads), '--edge-proxy', edgeProxy, '--out', outDir, '--json', '--no-progress'];
   if (embeddings) args.push('--embeddings', embeddings);
   const { stdout } = await run(venvTool('ralu-run'), args, { maxBuffer: 1 << 24, env: { ...process.env, HF_HUB_OFFLINE: '1' } });
   return JSON.parse(stdout).images[0];
@@ -108,7 +108,7 @@ export async function generateOnPage(page, { prompt, mode, seed, steps = 28, edg
   if (error) throw new Error(`the page shows an error: ${error}`);
   const back = await page.evaluate(() => {
     const canvas = document.getElementById('image');
-    const { data } = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+    const { data } = canvas.getContext('2d', { willReadFrequently: true }).getImageData(0, 0, canvas.width, canvas.height);
     const progress = document.getElementById('progress');
     return { stats: globalThis.raluLastRun, rgba: Array.from(data), width: canvas.width, height: canvas.height, progress: [progress.value, progress.max] };
   });

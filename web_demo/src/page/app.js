@@ -137,7 +137,7 @@ async function generate(event) {
   const canvas = $('image');
   canvas.width = result.width;
   canvas.height = result.height;
-  canvas.getContext('2d').putImageData(new ImageData(result.rgba, result.width, result.height), 0, 0);
+  canvas.getContext('2d', { willReadFrequently: true }).putImageData(new ImageData(result.rgba, result.width, result.height), 0, 0);
   showTimings(result.stats);
   $('status').textContent = `${request.mode}, seed ${request.seed}: ${result.stats.nfe} steps in ${(result.stats.msDenoise / 1000).toFixed(2)} s.`;
   globalThis.raluLastRun = { ...result.stats, width: result.width, height: result.height, threads, backend: $('backend').value };

@@ -31,6 +31,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   if (work) fs.rmSync(work, { recursive: true, force: true });
+  if (bundle && !process.env.RALU_WEB_BUNDLE) fs.rmSync(path.dirname(bundle), { recursive: true, force: true }); // our own export
 });
 
 /** No uncaught error, no console error and no request outside localhost: what a clean page run looks like. */
@@ -57,6 +58,21 @@ describe('the page generates what ralu-run generates', () => {
         assert.deepEqual(got.progress, [got.stats.nfe, got.stats.nfe], 'the progress bar counts every step');
         if (mode !== 'baseline') assert.deepEqual(got.stats.selected, reference.selected_regions, 'the same regions upsampled early');
       }
+      assertQuiet(demo);
+    } finally {
+      await demo.close();
+    }
+  });
+
+  test('the Canny edge proxy selects the regions ralu-run selects and gives its image', async () => {
+    const reference = await raluRun(bundle, { prompt: PROMPT, mode: 'ralu-4x', seed: SEED, edgeProxy: 'canny', outDir: path.join(work, 'canny') });
+    const demo = await openDemo(browser, bundle);
+    try {
+      const got = await generateOnPage(demo.page, { prompt: PROMPT, mode: 'ralu-4x', seed: SEED, edge: 'canny' });
+      assert.deepEqual(got.stats.selected, reference.selected_regions);
+      const db = psnr(got.rgba, (await pngPixels(demo.page, reference.out)).rgba, 4);
+      console.log(`# ralu-4x with the Canny proxy: PSNR ${db.toFixed(1)} dB vs ralu-run`);
+      assert.ok(db >= MIN_PSNR_DB, `canny: PSNR ${db.toFixed(2)} dB < ${MIN_PSNR_DB} dB`);
       assertQuiet(demo);
     } finally {
       await demo.close();
