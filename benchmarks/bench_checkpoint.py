@@ -25,17 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_runtime  # noqa: E402  (a sibling script: its measurement functions and table are reused)
+import measure  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+OFFLINE = {"HF_HUB_OFFLINE": "1"}  # the environment added for the ralu-export / ralu-run children
 BASELINE_STEPS = {"flux": 50, "sd3": 28}  # the RALU paper's baselines per family (spec/RALU.md)
 PROMPTS = ("a photo of a red fox sitting in fresh snow, morning light",
            "a bowl of ramen on a wooden table, steam rising, close-up",
@@ -43,32 +43,6 @@ PROMPTS = ("a photo of a red fox sitting in fresh snow, morning light",
            "a watercolor painting of a city street in the rain with umbrellas",
            "a golden retriever puppy playing with a blue ball on green grass",
            "a futuristic glass building in a desert, wide angle")
-
-
-def _hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def measured_run(cmd: list[str], poll_s: float = 0.05) -> dict:
-    """Run a command; its wall seconds and peak RSS: the child's VmHWM (high-water mark of its own address
-    space), polled every `poll_s` until it exits. Not ru_maxrss from wait4: Linux folds the forking parent's
-    image into it, so it reads this benchmark's own RSS for any child lighter than the benchmark."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    peak = 0.0
-    while proc.poll() is None:
-        peak = max(peak, _hwm_mb(proc.pid) or 0.0)
-        time.sleep(poll_s)
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit status {proc.returncode}")
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak}
 
 
 def export(args) -> tuple[Path, dict]:
@@ -80,7 +54,7 @@ def export(args) -> tuple[Path, dict]:
         if getattr(args, flag):
             cmd += [f"--{flag}", str(getattr(args, flag))]
     print(f"export {args.model} -> {out}", file=sys.stderr, flush=True)
-    run = measured_run(cmd)
+    run = measure.run_with_peak_rss(cmd, OFFLINE)
     from ralu_export.models import resolve_model  # a path, or the built-in `shapes`
 
     folder = resolve_model(str(args.model)) / "transformer"
@@ -98,7 +72,7 @@ def run_memory(bundle: Path, modes: list[str], prompt: str, baseline_steps: int,
                "--mode", mode, "--steps", str(baseline_steps), "--threads", str(threads), "--out", str(tmp),
                "--no-progress"]
         print(f"memory {mode}", file=sys.stderr, flush=True)
-        out[mode] = {"maxrss_mb": measured_run(cmd)["peak_rss_mb"]}
+        out[mode] = {"maxrss_mb": measure.run_with_peak_rss(cmd, OFFLINE)["peak_rss_mb"]}
     for mode in modes:
         out[mode]["ratio_to_baseline"] = out[mode]["maxrss_mb"] / out["baseline"]["maxrss_mb"]
     return out
@@ -106,7 +80,6 @@ def run_memory(bundle: Path, modes: list[str], prompt: str, baseline_steps: int,
 
 def run_quality(bundle: Path, modes: list[str], prompts, baseline_steps: int, threads: int, grid_path: Path) -> dict:
     """PSNR/SSIM of each mode's image vs the baseline image of the same prompt and seed; writes the grid."""
-    from ralu_export.eval.metrics import psnr, ssim
     from ralu_runtime.images import save_png, side_by_side
     from ralu_runtime.pipeline import Pipeline
 
@@ -120,7 +93,7 @@ def run_quality(bundle: Path, modes: list[str], prompts, baseline_steps: int, th
     out = {}
     for mode in modes[1:]:
         got = np.stack(images[mode])
-        p, s = psnr(got, base), ssim(got, base)
+        p, s = measure.psnr(got, base), measure.ssim(got, base)
         out[mode] = {"psnr_db_median": float(np.median(np.minimum(p, 99.0))), "ssim_median": float(np.median(s)),
                      "psnr_db": [float(x) for x in p], "ssim": [float(x) for x in s]}
     rows = [side_by_side([images[m][i] for m in modes]) for i in range(len(prompts))]

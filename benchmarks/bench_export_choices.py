@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+import measure
 from ralu_edge import presets
 from ralu_edge.rng import rng_for
 from ralu_edge.rope import rope_tables
@@ -49,31 +48,10 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def timed_ms(run, repeats: int, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        run()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        samples.append((time.perf_counter() - started) * 1000)
-    return {"median_ms": float(np.median(samples)), "p90_ms": float(np.percentile(samples, 90))}
-
-
-def interleaved_ms(runs: dict[str, object], repeats: int, warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Latency of several callables timed in rotation (one run of each per round), so that load changes on a
-    shared machine hit all of them alike."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            samples[name].append((time.perf_counter() - started) * 1000)
-    return {name: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90))}
-            for name, v in samples.items()}
+def interleaved_ms(runs: dict, repeats: int) -> dict[object, dict[str, float]]:
+    """median_ms and p90_ms of each callable, timed in rotating rounds after 3 warm-up runs each."""
+    return {name: measure.summary_ms(seconds)
+            for name, seconds in measure.interleaved_seconds(runs, repeats, warmup=3).items()}
 
 
 def finite_difference_cosine(run, reference, feeds: dict, key: str, mu: float, seed: int) -> float:
@@ -105,13 +83,6 @@ def torch_reference(module):
     return run
 
 
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def denoiser_feeds(length: int, seed: int) -> dict[str, np.ndarray]:
     rng = rng_for(seed, "bench-export-feeds", length)
     ids = np.stack([np.zeros(length), rng.integers(0, 32, length) / 2, rng.integers(0, 32, length) / 2], 1)
@@ -128,7 +99,7 @@ def packaging_worker(spec: dict) -> dict:
     length, and latency per length."""
     import onnxruntime as ort
 
-    base = rss_bytes()
+    base = measure.rss_mb()
     sessions = {}
     for length in LENGTHS:
         options = ort.SessionOptions()
@@ -148,11 +119,10 @@ def packaging_worker(spec: dict) -> dict:
         else:
             path = spec["graphs"][str(length)]
         sessions[length] = ort.InferenceSession(path, options)
-    latency = {}
-    for length in LENGTHS:
-        feeds = denoiser_feeds(length, 0)
-        latency[str(length)] = timed_ms(lambda: sessions[length].run(None, feeds), spec["repeats"])
-    return {"rss_growth_bytes": rss_bytes() - base, "latency": latency}
+    feeds = {length: denoiser_feeds(length, 0) for length in LENGTHS}
+    latency = interleaved_ms({str(length): (lambda n=length: sessions[n].run(None, feeds[n])) for length in LENGTHS},
+                             spec["repeats"])
+    return {"rss_growth_bytes": round((measure.rss_mb() - base) * 2**20), "latency": latency}
 
 
 # ----------------------------------------------------------------------------------------------- export
@@ -278,11 +248,6 @@ def sample_images(denoiser, pipe, prompts: list[str], kind: str) -> np.ndarray:
     return np.stack(images).astype(np.float64)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def bench_denoiser(exported: dict, work: Path, repeats: int, threads: int) -> tuple[list[dict], dict]:
     from ralu_export.onnx_files import compare_outputs, ort_runner
 
@@ -303,7 +268,8 @@ def bench_denoiser(exported: dict, work: Path, repeats: int, threads: int) -> tu
             log(f"{kind} images with the {method} denoiser")
             images = sample_images(OrtDenoiser(path, threads, config), exported["pipe"], HELD_OUT_CAPTIONS, kind)
             references.setdefault(kind, images)
-            row[f"psnr_db_{kind}"] = psnr(images, references[kind])
+            # one PSNR over the whole set (the MSE of all its pixels), not a median of per-image values
+            row[f"psnr_db_{kind}"] = float(measure.psnr(np.concatenate(images), np.concatenate(references[kind])))
         rows[method] = row
     for (method, length), latency in interleaved_ms(runs, repeats).items():
         rows[method][f"latency_{length}"] = latency
@@ -366,13 +332,10 @@ def print_tables(results: dict) -> None:
 
 
 def environment(threads: int, repeats: int) -> dict:
-    import onnxruntime
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version(), "model": "shapes", "resolution": "128x128", "preset": "flux-4x",
-            "warmup": 3, "repeats": repeats, "load_average_at_start": os.getloadavg()[0]}
+    """The run's machine and settings (this file's own keys: the 1-minute load average only)."""
+    return {"cpu": measure.cpu_name(), "cores": os.cpu_count(), "threads": threads,
+            **measure.versions("onnxruntime", "python"), "model": "shapes", "resolution": "128x128",
+            "preset": "flux-4x", "warmup": 3, "repeats": repeats, "load_average_at_start": measure.load_average()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

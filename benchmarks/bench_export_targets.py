@@ -9,18 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import measure
 from ralu_edge.manifest import read_manifest
 from ralu_export.bundle import ExportConfig, build_bundle
 from ralu_export.targets import PRECISIONS, TARGETS
 
 
-def measure(target: str, precision: str, presets: tuple[str, ...], work: Path) -> dict:
+def export_row(target: str, precision: str, presets: tuple[str, ...], work: Path) -> dict:
     """One export: seconds, sizes and the worst parity of the resulting bundle."""
     out = work / f"{target}-{precision}"
     started = time.perf_counter()
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.targets.split(","):
             for precision in PRECISIONS:
                 print(f"export {target} {precision}", file=sys.stderr, flush=True)
-                rows.append(measure(target, precision, tuple(args.presets.split(",")), Path(tmp)))
+                rows.append(export_row(target, precision, tuple(args.presets.split(",")), Path(tmp)))
     print(f"{'target':<11} {'precision':<9} {'seconds':>8} {'bundle MB':>10} {'denoiser MB':>12} {'graphs':>7} "
           f"{'worst rel (float)':>18} {'worst cos (int8)':>17}")
     for r in rows:
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['target']:<11} {r['precision']:<9} {r['seconds']:>8.1f} {r['bundle_bytes'] / 1e6:>10.2f} "
               f"{r['denoiser_bytes'] / 1e6:>12.2f} {r['graphs']:>7} {rel:>18} {cos:>17}")
     args.out.mkdir(parents=True, exist_ok=True)
-    environment = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "model": "shapes",
-                   "presets": args.presets, "load_average_at_end": os.getloadavg()[0]}
+    environment = {"cpu_count": os.cpu_count(), **measure.versions("python"), "model": "shapes",
+                   "presets": args.presets, "load_average_at_end": measure.load_average()[0]}
     (args.out / "export_targets.json").write_text(json.dumps({"environment": environment, "rows": rows}, indent=1))
     return 0
 

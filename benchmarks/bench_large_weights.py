@@ -1,6 +1,6 @@
 """Weights beyond 2 GB (issue 8, "Large weights" must-show): export a >= 2.5 GB random-weight FLUX pipeline to
 the android target and load it through the runtime, each phase in its own process so that its peak RSS
-(ru_maxrss) is its own. Prints a table and writes benchmarks/results/large_weights.json.
+(VmHWM) is its own. Prints a table and writes benchmarks/results/large_weights.json.
 
 Phases (one subprocess each):
   build    ralu_export.tiny_models.build_large_flux (skipped when --model already holds the folder)
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,28 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+import measure
+
 RESULTS = Path(__file__).parent / "results"
 PROMPT = "a large red circle on the left"
 TARGETS = {"export_rss_ratio": 1.5, "load_rss_ratio": 1.3}
-
-
-def proc_status() -> dict[str, float]:
-    """VmHWM, VmRSS, RssAnon, RssFile of this process in MB (Linux /proc/self/status)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile"):
-            out[f"{key}_mb"] = int(value.split()[0]) / 1024
-    return out
-
-
-def peak_rss_mb() -> float:
-    """Peak RSS of this process in MB: VmHWM, the high-water mark of the current address space. Not
-    ru_maxrss: Linux folds the pre-exec image into it, i.e. the RSS of the parent that forked this process."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        return proc_status()["VmHWM_mb"]
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def weight_bytes(model: Path) -> int:
@@ -68,7 +50,7 @@ def child_build(args) -> dict:
 
     started = time.perf_counter()
     build_large_flux(args.model, layers=args.layers, single_layers=args.single_layers, heads=args.heads)
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb()}
 
 
 def child_export(args) -> dict:
@@ -79,7 +61,7 @@ def child_export(args) -> dict:
                      str(args.size), "--width", str(args.size), "--out", str(args.bundle), "--force"])
     if code:
         raise SystemExit(code)
-    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb()}
 
 
 def _denoiser_inputs(pipe):
@@ -96,8 +78,8 @@ def child_load(args) -> dict:
 
     started = time.perf_counter()
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads)
-    out = {"load_seconds": time.perf_counter() - started, "peak_rss_mb_after_load": peak_rss_mb(),
-           "after_load": proc_status()}
+    out = {"load_seconds": time.perf_counter() - started, "peak_rss_mb_after_load": measure.peak_rss_mb(),
+           "after_load": measure.memory_mb()}
     x, positions, sigma, cond = _denoiser_inputs(pipe)
     times = []
     for _ in range(args.calls + 1):  # the first call is the warm-up (ORT plans memory per new shape)
@@ -106,7 +88,7 @@ def child_load(args) -> dict:
         times.append(time.perf_counter() - t0)
     graph = pipe.bundle.manifest.graph(pipe.bundle.manifest.denoiser.graph_for(x.shape[1]))
     out.update({"tokens": int(x.shape[1]), "step_seconds_median": float(np.median(times[1:])),
-                "step_seconds": times, "peak_rss_mb": peak_rss_mb(), "after_step": proc_status(),
+                "step_seconds": times, "peak_rss_mb": measure.peak_rss_mb(), "after_step": measure.memory_mb(),
                 "denoiser_file": graph.file, "session_config": dict(graph.session_config)})
     return out
 
@@ -129,7 +111,7 @@ def child_session(args) -> dict:
     started = time.perf_counter()
     session = ort.InferenceSession(str(bundle.path(graph.file)), so, providers=["CPUExecutionProvider"])
     out = {"prepack": args.prepack, "load_seconds": time.perf_counter() - started,
-           "peak_rss_mb_after_load": peak_rss_mb(), "after_load": proc_status()}
+           "peak_rss_mb_after_load": measure.peak_rss_mb(), "after_load": measure.memory_mb()}
     res, spec = manifest.resolutions[0], manifest.denoiser
     tokens = res.grid_height * res.grid_width
     rng = np.random.default_rng(0)
@@ -150,7 +132,7 @@ def child_session(args) -> dict:
         session.run(None, feeds)
         times.append(time.perf_counter() - t0)
     out.update({"tokens": tokens, "step_seconds_median": float(np.median(times[1:])), "step_seconds": times,
-                "peak_rss_mb": peak_rss_mb(), "after_step": proc_status()})
+                "peak_rss_mb": measure.peak_rss_mb(), "after_step": measure.memory_mb()})
     return out
 
 
@@ -242,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         built = run_child("build", args)
     weights = weight_bytes(args.model)
     config = json.loads((args.model / "transformer" / "config.json").read_text())
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_runtime import environment
-
-    doc = {"benchmark": "bench_large_weights", "environment": environment(args.threads), "threads": args.threads,
+    environment = measure.environment(args.threads, ("onnxruntime", "numpy"))  # as bench_runtime records it
+    doc = {"benchmark": "bench_large_weights", "environment": environment, "threads": args.threads,
            "model": str(args.model), "transformer_config": config, "weights_bytes": weights,
            "weights_mb": weights / 2**20, "parameters_m": weights / 4 / 1e6, "size": args.size, "build": built,
            "targets": TARGETS}

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from typing import Literal
 
 import numpy as np
 
+import measure
 from ralu_edge import presets, sampler, schedules
 from ralu_edge.edges import edge_scores
-from ralu_edge.errors import UserError
+from ralu_edge.errors import UserError, run_cli
 from ralu_edge.presets import RaluPreset
 from ralu_edge.rng import rng_for
 from ralu_edge.tokens import downsample_tokens
@@ -113,7 +113,7 @@ def study_configs(grid_h: int, grid_w: int) -> list[StudyConfig]:
 def step_macs(num_image_tokens: int, num_text_tokens: int, transformer_config) -> int:
     """Multiply-accumulates of one FLUX transformer call: per block 12·D² per token (double blocks: qkv 3D², out
     D², MLP 8D², per stream; single blocks: qkv+MLP-in 7D², out 5D²) plus attention 2·S²·D (QKᵀ and AV), with
-    S = image + text tokens; embedders and modulation ignored (they are < 1 % here)."""
+    S = image + text tokens; embedders and modulation ignored (a small part of a call, not measured here)."""
     d = transformer_config.num_attention_heads * transformer_config.attention_head_dim
     blocks = transformer_config.num_layers + transformer_config.num_single_layers
     s = num_image_tokens + num_text_tokens
@@ -213,8 +213,7 @@ def run_study(configs: list[StudyConfig], prompts: list[str], ctx: StudyContext)
     for i, prompt in enumerate(prompts):
         cond = tb.conditioning_as_recorded(ctx.pipe, prompt, TEXT_LENGTH, ctx.sampling)
         noise = tb.initial_noise(ctx.pipe, ctx.seed + i, SIZE, SIZE)
-        shift = i % len(sampling)
-        for c in sampling[shift:] + sampling[:shift] + derived:
+        for c in measure.rotated(sampling, i) + derived:
             image, seconds, transition = sample_image(c, ctx, i, cond, noise)
             runs[c.name]["images"].append(image)
             runs[c.name]["seconds"].append(seconds)
@@ -222,7 +221,7 @@ def run_study(configs: list[StudyConfig], prompts: list[str], ctx: StudyContext)
         elapsed = time.perf_counter() - started
         eta = elapsed / (i + 1) * (len(prompts) - i - 1)
         print(f"prompt {i + 1}/{len(prompts)}  {elapsed:7.1f} s  eta {eta:7.1f} s"
-              f"  load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+              f"  load {measure.load_average()[0]:.2f}", file=sys.stderr, flush=True)
     return {name: {k: (np.stack(v) if k == "images" else v) for k, v in run.items()} for name, run in runs.items()}
 
 
@@ -242,7 +241,7 @@ def paired_difference(correct: np.ndarray, reference: np.ndarray, rng: np.random
 def summarize(configs, runs, scenes, costs, seed: int, backgrounds: tuple[str, ...]) -> list[dict]:
     """Per-config numbers: attribute accuracies, fidelity to base-50, the distribution metric, cost, wall clock
     (see the module docstring). backgrounds: what the model was trained on, for the real renders."""
-    from ralu_export.eval.metrics import frechet_distance, paired_frechet_difference, psnr, ssim
+    from ralu_export.eval.metrics import frechet_distance, paired_frechet_difference
     from ralu_export.eval.scoring import (
         attribute_report, classify, load_classifier, object_checks, reference_renders,
     )
@@ -264,7 +263,8 @@ def summarize(configs, runs, scenes, costs, seed: int, backgrounds: tuple[str, .
             row["fd_vs_reference"] = paired_frechet_difference(
                 pred.features, features[REFERENCE], real_features, rng_for(seed, f"ralu_study/fd/{c.name}"))
         if c.name != REFERENCE:
-            p, s = psnr(runs[c.name]["images"], reference_images), ssim(runs[c.name]["images"], reference_images)
+            p = measure.psnr(runs[c.name]["images"], reference_images)
+            s = measure.ssim(runs[c.name]["images"], reference_images)
             row.update(psnr_median_db=float(np.median(p)), psnr_mean_db=float(np.mean(np.minimum(p, 100.0))),
                        ssim_median=float(np.median(s)), ssim_mean=float(np.mean(s)))
             row["vs_reference"] = paired_difference(correct[c.name], correct[REFERENCE], rng_for(seed, c.name))
@@ -295,9 +295,9 @@ def _timing(run: dict) -> dict:
     seconds = [s for s in run["seconds"] if s is not None]
     if not seconds:
         return {}
-    ms = np.array(seconds) * 1000.0
-    out = {"loop_median_ms": float(np.median(ms)), "loop_p90_ms": float(np.percentile(ms, 90)),
-           "loop_mean_ms": float(ms.mean())}
+    loop = measure.summary_ms(seconds)
+    out = {"loop_median_ms": loop["median_ms"], "loop_p90_ms": loop["p90_ms"],
+           "loop_mean_ms": float((np.asarray(seconds) * 1000.0).mean())}
     transitions = [t for t in run["transition_seconds"] if t is not None]
     if transitions:
         out["transition_median_ms"] = float(np.median(transitions) * 1000.0)
@@ -564,23 +564,16 @@ def write_grid(path: Path, runs: dict, names: list[str], num_rows: int = 8) -> N
 def environment_info(args, scenes, model_path: Path, load_start: float) -> dict:
     """Machine, versions, model hash, prompt set (with its chance-level attribute accuracy: colour and position
     right, shapes guessed) and the model's share of 64-px training steps, for the report."""
-    import diffusers
     import torch
 
     from ralu_export.models import recorded_sampling
     from ralu_export.shapes_world import SHAPES
 
-    cpu = platform.processor() or "unknown CPU"
-    if Path("/proc/cpuinfo").is_file():
-        names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                 if l.startswith("model name")]
-        cpu = names[0] if names else cpu
     weights = model_path / "transformer" / "diffusion_pytorch_model.safetensors"
     training = json.loads((model_path / "training_report.json").read_text())["train_config"]
     return {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": measure.cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        **measure.versions("torch", "diffusers", "numpy", "python", "platform"),
         "model": "shapes", "transformer_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
         "n_prompts": len(scenes), "seed": args.seed,
         "true_cfg_scale": recorded_sampling(model_path).true_cfg_scale,
@@ -588,7 +581,7 @@ def environment_info(args, scenes, model_path: Path, load_start: float) -> dict:
         "training_share_64px": float(training["resolutions"].get("64", 0.0)),
         "image_size": SIZE, "text_tokens": TEXT_LENGTH,
         "warmup_images_per_config": 1, "bootstrap_samples": BOOTSTRAP_SAMPLES,
-        "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
+        "load_average_start": load_start, "load_average_end": measure.load_average()[0],
     }
 
 
@@ -598,29 +591,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Reads the built-in model; writes OUT/ralu_study.json, "
         "OUT/ralu_study.md and the grid PNG.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--limit", type=int, default=0, help="use only the first N held-out prompts (0 = all 72)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="use only the first N >= 2 held-out prompts (0 = all 72; the Fréchet distance needs 2)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the JSON and Markdown")
     p.add_argument("--grid", type=Path, default=Path("docs/images/ralu_study_grid.png"), help="comparison grid PNG")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; on a shared 2-core machine 2 threads can run ~10× slower than 1")
+                   help="torch threads; on a shared 2-core machine 2 threads can run much slower than 1")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i (as ralu-eval)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.limit < 0 or args.threads < 1:
-            raise UserError("--limit must be ≥ 0 and --threads ≥ 1")
-        return study(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_cli(lambda: study(args))
 
 
 def study(args) -> int:
+    if args.limit < 0 or args.limit == 1 or args.threads < 1:  # a covariance (Fréchet distance) needs 2 prompts
+        raise UserError("--limit must be 0 (all) or ≥ 2 and --threads ≥ 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -630,7 +618,7 @@ def study(args) -> int:
     from ralu_export.shapes_world import caption_for, heldout_scenes
 
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()[0]
+    load_start = measure.load_average()[0]
     pipe = load_flux_pipeline("shapes")
     grid_h, grid_w = tb.packed_grid(pipe, SIZE, SIZE)
     scenes = heldout_scenes()[: args.limit or None]

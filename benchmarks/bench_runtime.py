@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+import measure
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = ("a large red circle on the left", "a small blue square at the top right",
@@ -51,19 +51,9 @@ def build_random_flux(out: Path, inner_heads: int, head_dim: int, layers: int, s
 # ---------------------------------------------------------------- environment
 
 def environment(threads: int) -> dict:
-    import onnxruntime as ort
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__,
-            "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
-            "load_average_at_start": os.getloadavg()}
+    """measure.environment with the versions a runtime result depends on (bench_checkpoint and
+    bench_large_weights record the same)."""
+    return measure.environment(threads, ("onnxruntime", "numpy"))
 
 
 def bundle_info(path: Path) -> dict:
@@ -82,9 +72,9 @@ def bundle_info(path: Path) -> dict:
 
 # ---------------------------------------------------------------- measurement
 
-def _ms(values) -> dict:
-    a = np.asarray(values, dtype=np.float64) * 1e3
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(a.size)}
+def _ms(seconds) -> dict:
+    """median_ms, p90_ms and n of timings in seconds (runtime.json's timing fields)."""
+    return measure.summary_ms(seconds, count=True)
 
 
 def run_speed(path: Path, prompts, repeats: int, threads: int, baseline_steps: int = BASE_STEPS,
@@ -104,8 +94,7 @@ def run_speed(path: Path, prompts, repeats: int, threads: int, baseline_steps: i
     for rep in range(repeats):
         for p_i, prompt in enumerate(prompts):
             seed = 1000 * rep + p_i
-            shift = runs % len(modes)
-            for mode in modes[shift:] + modes[:shift]:
+            for mode in measure.rotated(modes, runs):
                 stats = pipe(prompt, mode=mode, steps=baseline_steps, seed=seed).stats
                 samples[mode].append({"prompt": p_i, "seed": seed, **stats.to_dict()})
                 print(f"  {mode:<9} p{p_i} s{seed} loop {stats.seconds_denoise * 1e3:8.1f} ms",
@@ -183,16 +172,9 @@ def run_per_call(path: Path, threads: int, lengths, calls: int = 8) -> dict:
     inputs = {L: (rng.standard_normal((1, L, any_pipe.channels)).astype(np.float32), grid_positions(gh, gw)[:L])
               for L in lengths}
     sigma = np.asarray([0.5], np.float32)
-    for pipe in pipes.values():
-        for x, pos in inputs.values():
-            pipe.denoiser(x, pos, sigma, cond)
-    times = {(v, L): [] for v in pipes for L in lengths}
-    for _ in range(calls):
-        for v, pipe in pipes.items():
-            for L, (x, pos) in inputs.items():
-                t0 = time.perf_counter()
-                pipe.denoiser(x, pos, sigma, cond)
-                times[(v, L)].append(time.perf_counter() - t0)
+    times = measure.interleaved_seconds(
+        {(v, L): (lambda d=pipe.denoiser, x=x, pos=pos: d(x, pos, sigma, cond))
+         for v, pipe in pipes.items() for L, (x, pos) in inputs.items()}, calls)
     out = {v: {str(L): _ms(times[(v, L)]) for L in lengths} for v in pipes}
     for v in pipes:
         Ls = np.asarray(lengths, dtype=np.float64)
@@ -309,30 +291,16 @@ def child_peak_rss(path: Path, mode: str, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_rss_kb() -> int:
-    """This process's peak RSS in kB: VmHWM, the high-water mark of its own address space. Not ru_maxrss: Linux
-    carries the forking parent's RSS at fork into the child's ru_maxrss across exec, so every child of a big
-    benchmark process would report at least the parent's size (earlier runs showed identical, inflated RSS
-    for every mode). Falls back to ru_maxrss where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def rss_child(path: Path, mode: str, threads: int) -> int:
     from ralu_runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(path, threads=threads)
-    after_load = peak_rss_kb()
+    after_load_kb = int(measure.peak_rss_mb() * 1024)  # VmHWM, so exactly the kB it reports
     modes = list(RALU_MODES) if mode == "ralu-all" else [mode]
     for m in modes:
         pipe(PROMPTS[0], mode=m, steps=BASE_STEPS, seed=0)
-    print(json.dumps({"mode": mode, "maxrss_kb_after_load": after_load, "maxrss_kb": peak_rss_kb(),
-                      "source": "VmHWM"}))
+    peak_kb = int(measure.peak_rss_mb() * 1024)
+    print(json.dumps({"mode": mode, "maxrss_kb_after_load": after_load_kb, "maxrss_kb": peak_kb, "source": "VmHWM"}))
     return 0
 
 
@@ -369,26 +337,23 @@ def run_executorch_vs_ort(pte_bundle: Path, ort_bundle: Path, repeats: int, thre
     noise = rng_for(0, "initial_noise").standard_normal((1, gh * gw, channels)).astype(np.float32)
 
     def loop(denoiser, mode):
-        t0 = time.perf_counter()
         if mode == "baseline":
-            out = sample_baseline(denoiser, noise, gh, gw, flux_baseline_sigmas(BASE_STEPS, gh * gw), cond)
-        else:
-            out = ralu_sample(denoiser, noise, gh, gw, preset, cond, rng=rng_for(0, "ralu/select"),
-                              latent_channels=channels // 4).tokens
-        return time.perf_counter() - t0, out
+            return sample_baseline(denoiser, noise, gh, gw, flux_baseline_sigmas(BASE_STEPS, gh * gw), cond)
+        return ralu_sample(denoiser, noise, gh, gw, preset, cond, rng=rng_for(0, "ralu/select"),
+                           latent_channels=channels // 4).tokens
 
     backends = {"ort": pipe.denoiser, "executorch": et}
-    for name, d in backends.items():
+    for d in backends.values():  # warm-up: every stage length once
         loop(d, "ralu-4x")
-    times = {(b, m): [] for b in backends for m in ("baseline", "ralu-4x")}
     finals = {}
-    for rep in range(repeats):
-        for mode in ("baseline", "ralu-4x"):
-            order = list(backends) if rep % 2 == 0 else list(backends)[::-1]
-            for b in order:
-                seconds, out = loop(backends[b], mode)
-                times[(b, mode)].append(seconds)
-                finals[(b, mode)] = out
+
+    def timed(b: str, mode: str):
+        def call():
+            finals[(b, mode)] = loop(backends[b], mode)
+        return call
+
+    times = measure.interleaved_seconds({(b, m): timed(b, m) for b in backends for m in ("baseline", "ralu-4x")},
+                                        repeats, warmup=0)
     res = {f"{b}/{m}": _ms(v) for (b, m), v in times.items()}
     for m in ("baseline", "ralu-4x"):
         a, b = finals[("ort", m)], finals[("executorch", m)]
@@ -477,7 +442,7 @@ def markdown(doc: dict) -> str:
           f"{env['threads']} threads, nice 5. Fixed prompts and seeds (counts per bundle below), the same "
           f"seeds for every mode, modes interleaved in rotating order; one warm-up generation per mode. "
           "Speedups are ratios of medians of the same run. Token-FLOP bound = 50·M / Σ N_k·L_k image "
-          "token-steps. Host % = share of the loop outside session.run. RSS: peak ru_maxrss of a fresh "
+          "token-steps. Host % = share of the loop outside session.run. RSS: peak RSS (VmHWM) of a fresh "
           "process per mode (baseline-only; ralu-4x; all three presets in one process, shown on the ralu-7x "
           "row), median of 2.", "", "```", doc["table"], "```", ""]
     for name, r in doc["bundles"].items():

@@ -6,7 +6,8 @@ Two concept-recovery experiments, each: hide a word, add a new token initialised
 it on 5 renders that show the hidden attribute (captions name everything else), generate prompts with the token
 through the runtime `Pipeline` (int8 bundle, 28-step baseline sampler) and score them with the shipped
 attribute classifier.
-- colour: hide "purple", init from "blue" (the model knows colours: held-out colour accuracy 0.94).
+- colour: hide "purple", init from "blue" (the model knows colours: base-50's colour_accuracy in
+  results/ralu_study.json).
 - shape: hide "hexagon", init from "square" (the issue's experiment; the model is weak on shape identity).
 
 Concept score (the issue's `*_concept_score`): the fraction of generated images in which the classifier reads
@@ -37,8 +38,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
@@ -46,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+import measure
 
 REPO = Path(__file__).resolve().parents[1]
 GEN_STEPS = 28
@@ -55,9 +56,11 @@ GEN_STEPS = 28
 # without PUTS matched it, and the spec's range with 3000 steps matched TI on both seeds
 # (personalization.md "Spec PUTS range"), so the spec's range is the default; --puts-shift 1 reproduces the first run.
 PUTS_SHIFT = math.sqrt(128 * 128 / 512 ** 2)
-ZO_STEPS = 3000  # ≈ 11 min per fit here (0.22 s/step with two fits sharing the 2 cores); the first run used 1000
-# Optimiser settings of every fit here (personalize.md "Settings"): θ in table-RMS units (one lr for CLIP rows of
-# ~0.02 per coordinate and T5 rows of ~1.0; runtime.personalize.PersonalizeConfig.theta_units).
+ZO_STEPS = 3000  # time per step: zo_seconds_per_step in results/personalization-colour-spec-puts-seed*.json (two
+# fits sharing the 2 cores); the first run used 1000
+# Optimiser settings of every fit here (results/personalization.md "Setup"): θ in table-RMS units (one lr for CLIP
+# and T5 rows, whose tables' scales differ widely: their RMS per coordinate is there too;
+# runtime.personalize.PersonalizeConfig.theta_units).
 THETA_UNITS = "table_rms"
 ZO_LR = 5e-2
 TI_LR = 5e-2
@@ -117,22 +120,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def rss_now_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: VmHWM of its own address space. Not ru_maxrss, which Linux carries over from the
-    forking parent's image across exec (a worker could report the launcher's peak instead of its own)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def reference_images(exp: Experiment, size: int = 128) -> np.ndarray:
     from ralu_export.shapes_world import Scene, SceneObject, render
 
@@ -157,7 +144,7 @@ def worker_zo(args) -> dict:
     size = pers.resolution.height
     images = reference_images(exp or EXPERIMENTS["shape"], size)
     pers.load()  # the denoiser session (ORT opens it lazily), so the baseline includes the model as TI's does
-    base_rss = rss_now_mb()
+    base_rss = measure.rss_mb()
     if args.worker == "init":
         theta0 = pers.init_embeddings(init)
         pers.save(FitResult(token, theta0, [], 0.0, 0), Path(args.embeds), init)
@@ -174,7 +161,7 @@ def worker_zo(args) -> dict:
     pers.save(res, Path(args.embeds), init)
     theta0 = pers.init_embeddings(init)
     return {"seconds_per_step": res.seconds_per_step, "fit_seconds": wall, "losses": res.losses,
-            "baseline_rss_mb": base_rss, "peak_rss_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules,
+            "baseline_rss_mb": base_rss, "peak_rss_mb": measure.peak_rss_mb(), "torch_imported": "torch" in sys.modules,
             "config": cfg.to_dict(), "embedding_shift": _shift(res.embeddings, theta0)}
 
 
@@ -197,7 +184,7 @@ def worker_ti(args) -> dict:
     pipe = load_flux_pipeline(args.model)
     size = 128 if exp else args.size
     images = reference_images(exp or EXPERIMENTS["shape"], size)
-    base_rss = rss_now_mb()
+    base_rss = measure.rss_mb()
     t0 = time.perf_counter()
     embeds, hist = fit_first_order(pipe, images, token, init, args.steps, args.seed, lr=args.ti_lr, batch_size=1,
                                    sigma_range=PutsConfig(sigma_shift=args.puts_shift),
@@ -207,7 +194,7 @@ def worker_ti(args) -> dict:
     wall = time.perf_counter() - t0
     save_learned_embeds(args.embeds, embeds, token, init)
     return {"seconds_per_step": hist.seconds_per_step, "fit_seconds": wall, "losses": hist.losses.tolist(),
-            "baseline_rss_mb": base_rss, "peak_rss_mb": peak_rss_mb(), "torch_version": torch.__version__,
+            "baseline_rss_mb": base_rss, "peak_rss_mb": measure.peak_rss_mb(), "torch_version": torch.__version__,
             "config": {"steps": args.steps, "seed": args.seed, "lr": args.ti_lr, "batch_size": 1,
                        "optimizer": "Adam eps 1e-8", "puts_sigma_shift": args.puts_shift, "posterior": "mean",
                        "theta_units": args.theta_units}}
@@ -235,14 +222,7 @@ def run_worker(script_args: list[str], result_path: Path, env: dict) -> dict:
 # ---------------------------------------------------------------------------------------------- experiments
 
 def environment(bundle: Path | None, threads: int) -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    env = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-           "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}
+    env = measure.environment(threads, ("onnxruntime", "torch", "numpy"))
     if bundle is not None:
         manifest = bundle / "ralu_config.json"
         env.update(bundle=str(bundle), bundle_manifest_sha256=hashlib.sha256(manifest.read_bytes()).hexdigest())
@@ -482,7 +462,7 @@ def main() -> int:
         report = {"benchmark": "personalization-large-flux", "issue": 6, "environment": env_info,
                   **run_large_flux(args, env)}
         report["total_seconds"] = time.perf_counter() - t_start
-        report["environment"]["load_average_at_end"] = list(os.getloadavg())
+        report["environment"]["load_average_at_end"] = measure.load_average()
         (args.out / "personalization-flux100m.json").write_text(json.dumps(report, indent=1))
         lines = [f"{'fit':<4} {'peakMB':>8} {'baseMB':>8} {'growMB':>8} {'s/step':>8}"]
         for k, r in report["rows"].items():
@@ -523,7 +503,7 @@ def main() -> int:
         "experiments": {n: {k: v for k, v in e.items() if not k.startswith("_")} for n, e in experiments.items()},
     }
     report["total_seconds"] = time.perf_counter() - t_start
-    report["environment"]["load_average_at_end"] = list(os.getloadavg())
+    report["environment"]["load_average_at_end"] = measure.load_average()
     (args.out / ("personalization-quick.json" if q else "personalization.json")).write_text(json.dumps(report, indent=1))
     table = "\n\n".join(f"[{n}]\n" + format_table(e["rows"]) for n, e in experiments.items())
     print(table, file=sys.stderr if args.json else sys.stdout)

@@ -6,7 +6,8 @@ a learning curve in minutes the runs are scaled down the same way for every leve
 of packed tokens, RALU's low-res grid), a narrow transformer, the shipped VAE and tokenizers. Every
 `--eval-every` steps the EMA model samples the 72 held-out prompts (20 Euler steps over FluxPipeline's sigmas;
 with caption dropout also with true CFG), the shipped attribute classifier scores them after a bicubic
-upsampling to 128 px (it reads 64 px renders upsampled that way at 1.000), and one JSON line per point goes
+upsampling to 128 px (it reads 64 px renders upsampled that way as well as 128 px ones: docs/shapes-model.md,
+"Scaled-down lever curves"), and one JSON line per point goes
 to <work>/curves.jsonl.
 
   python benchmarks/shapes_levers.py run --lever plain --minutes 8 --threads 1 --work /tmp/levers
@@ -34,10 +35,11 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
+
+import measure
 
 SIZE = 64
 BASE_MODEL = dict(transformer_heads=4, transformer_head_dim=32, double_layers=1, single_layers=3)
@@ -126,7 +128,7 @@ def run(lever: str, minutes: float, threads: int, work: Path) -> None:
     meta = {"label": lever, "what": what, "train_overrides": train_over, "model": dataclasses.asdict(model_cfg),
             "transformer_params": sum(p.numel() for p in comps["transformer"].parameters()),
             "threads": threads, "minutes": minutes, "result": result, "wall_seconds": time.monotonic() - started,
-            "loadavg_end": os.getloadavg(), "host": platform.node()}
+            "loadavg_end": measure.load_average(), **measure.versions("host")}
     with open(work / "runs.jsonl", "a") as f:
         f.write(json.dumps(meta) + "\n")
 
