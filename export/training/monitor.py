@@ -80,7 +80,8 @@ class LearningCurve:
             images = sample_images(comps, self.clip_ids, self.t5_ids, self.size, self.steps, seed=0,
                                    guidance=guidance, empty_ids=self.empty_ids, scaling=self.scaling,
                                    shift=self.shift)
-            if self.size != 128:  # the classifier reads 128 px (1.000 on 64 px renders upsampled like this)
+            if self.size != 128:  # the classifier reads 128 px, and 64 px renders upsampled like this as well
+                # (docs/shapes-model.md, "Scaled-down lever curves")
                 images = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2).float(), size=(128, 128),
                                        mode="bicubic", align_corners=False).clamp(0, 255).round()
                 images = images.to(torch.uint8).permute(0, 2, 3, 1).numpy()

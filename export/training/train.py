@@ -150,7 +150,8 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, work: Path, device: t
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor, size: int, batch: int = 32) -> torch.Tensor:
     """Posterior means of uint8 images [N, 3, H, W] resized (antialiased) to `size`: [N, C, size/f, size/f].
-    Small batches: at 128 px one image's encoder activations are ~10 MB a layer, and 512 at once thrash memory."""
+    Small batches: at 128 px each image's encoder activations take megabytes per layer, and 512 at once thrash
+    memory."""
     out = []
     for i in range(0, images.shape[0], batch):
         x = images[i:i + batch].float() / 127.5 - 1.0
