@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[export,dev]' 'torch==2.13.0' 'numpy==2.3.5'
+.venv/bin/python -m pip install -q -e '.[export,dev,ray]' 'torch==2.13.0' 'numpy==2.3.5'
 .venv/bin/python -m pip check >&2 || true
 # The browser demo (web_demo/, issue 18): Debian's Chromium for its headless tests, and its npm packages exactly as
 # web_demo/package-lock.json pins them (web_demo/.npmrc skips install scripts, which would download binaries).
