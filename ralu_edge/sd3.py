@@ -6,8 +6,9 @@ FLUX-family bundles use too, lives in `ralu_edge.guidance` (re-exported here). D
 
 Layouts: packed tokens are [B, L, p·p·C] in (c, dy, dx) order, exactly `ralu_edge.tokens.pack_latents`
 (SD3's patch conv flattens its kernel the same way, so the conv is a Linear on these tokens). The SD3
-transformer's per-token output is (dy, dx, c) (its unpatchify einsum "nhwpqc->nchpwq"); the backend
-permutes it back with `packed_from_sd3_output` so the sampler's Euler update sees one layout."""
+transformer's per-token output is (dy, dx, c) (its unpatchify einsum "nhwpqc->nchpwq"); every backend
+permutes it back with `packed_from_sd3_output` (through `ralu_edge.feeds.velocity_from_outputs`) so the
+sampler's Euler update sees one layout."""
 
 from __future__ import annotations
 
