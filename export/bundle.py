@@ -5,19 +5,17 @@ are the parent folders it created; a folder left by a killed export is removed b
 path, told apart from a running one by its flock); an existing output is replaced only with force=True, and
 only after the new bundle is complete.
 
-Straight-line stages, one function each: plan_export (all user errors, before any model loads) ->
-export graphs (ONNX + parity; onnx_export, quantize) -> target packaging (ort_format, executorch_export,
-coreml_export) -> pipeline files and tokenizers (pipeline_files) -> manifest -> publish."""
+Straight-line stages, one function each: plan_export (plan.py: all user errors, before any model loads) ->
+the target's build (targets/: export, package and check every graph) -> pipeline files and tokenizers
+(pipeline_files) -> token tables -> manifest -> publish."""
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -25,107 +23,16 @@ try:
 except ImportError:  # Windows: no flock, so stale temporary folders are left for the user to delete
     fcntl = None
 
-from ralu_edge import presets as ralu_presets
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import (
-    BUNDLE_FORMAT, FORMAT_VERSION, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo, PosEmbedSpec,
-    PresetEntry,
-    PresetStages, Resolution, RopeSpec, StageGraph, TextEncoderSpec, VaeSpec, file_entries, write_manifest,
+    BUNDLE_FORMAT, FORMAT_VERSION, DenoiserSpec, ExporterInfo, GraphEntry, Manifest, ModelInfo, PresetEntry,
+    PresetStages, StageGraph, TextEncoderSpec, VaeSpec, file_entries, write_manifest,
 )
-from ralu_export.families import FamilySpec, Geometry, family_for
-from ralu_export.models import RecordedSampling, recorded_sampling, resolve_model
-from ralu_export.targets import PRECISIONS, TargetSpec, target_spec
+from ralu_export import targets
+from ralu_export.families.spec import expand
+from ralu_export.plan import ExportConfig, Plan, plan_export
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """One export request (the CLI's arguments). height/width default to the model's native size,
-    presets to the family's defaults."""
-
-    model: str
-    target: str
-    out: Path
-    precision: str = "fp32"
-    height: int | None = None
-    width: int | None = None
-    presets: tuple[str, ...] | None = None
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A validated request: the model folder, family, target, geometry, presets and the sampling settings
-    the folder records (sampling.json)."""
-
-    config: ExportConfig
-    source: Path
-    pipeline_class: str
-    family: FamilySpec
-    target: TargetSpec
-    geometry: Geometry
-    presets: tuple[ralu_presets.RaluPreset, ...]
-    sampling: RecordedSampling = RecordedSampling()
-
-    @property
-    def guidance_scale(self) -> float | None:
-        """The manifest's classifier-free guidance scale: the model's recorded true_cfg_scale, else the
-        family's default (SD3 7.0 as diffusers; FLUX None, no CFG)."""
-        return self.sampling.true_cfg_scale if self.sampling.guided else self.family.guidance_scale
-
-    @property
-    def resolution(self) -> Resolution:
-        g = self.geometry
-        return Resolution(g.height, g.width, g.latent_height, g.latent_width, g.grid_height, g.grid_width)
-
-    @property
-    def stage_lengths(self) -> tuple[int, ...]:
-        """Every image-token count a denoiser graph must serve, ascending (full resolution included)."""
-        g = self.geometry
-        lengths = {g.grid_height * g.grid_width}
-        for preset in self.presets:
-            lengths.update(preset.stage_lengths(g.grid_height, g.grid_width))
-        return tuple(sorted(lengths))
-
-
-def plan_export(config: ExportConfig) -> Plan:
-    """Validate everything a user can get wrong, before any model loads; UserError names the fix."""
-    target = target_spec(config.target)
-    if config.precision not in PRECISIONS:
-        raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    _check_out(Path(config.out), config.force)
-    source = resolve_model(config.model)
-    sampling = recorded_sampling(source)
-    index = json.loads((source / "model_index.json").read_text())
-    family = family_for(index.get("_class_name"))
-    vae_config = json.loads((source / "vae" / "config.json").read_text())
-    native = int(vae_config.get("sample_size", 1024))
-    height = native if config.height is None else config.height
-    width = native if config.width is None else config.width
-    geometry = family.geometry(source, height, width)
-    step = geometry.vae_factor * geometry.patch * 2
-    for label, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value < step or value % step:
-            raise UserError(f"{label} {value} is not a positive multiple of {step} (VAE factor "
-                            f"{geometry.vae_factor} x 2x2 packing x 2 for RALU's low-res grid); try {native}.")
-    names = config.presets if config.presets is not None else family.default_presets
-    if not names:
-        raise UserError("no RALU preset requested; pass e.g. --presets flux-4x.")
-    chosen = tuple(ralu_presets.get(name) for name in names)
-    return Plan(config, source, index["_class_name"], family, target, geometry, chosen, sampling)
-
-
-def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
-    if out.exists() and not force:
-        raise UserError(f"--out {out} already exists; pass --force to replace it or choose another folder.")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another path.")
-            break
 
 
 def build_bundle(config: ExportConfig) -> Path:
@@ -141,11 +48,10 @@ def build_bundle(config: ExportConfig) -> Path:
         raise
     lock = _lock_folder(tmp)  # held until the bundle is published, so a later export can tell it is not stale
     try:
-        graphs, extra = _build_graphs(plan, tmp)
+        graphs, extra = targets.build(plan, tmp)
         from ralu_export.pipeline_files import copy_pipeline_files, copy_tokenizers
 
-        folders = {g.file.split("/")[0] for g in graphs} & _COMPONENT_FOLDERS
-        copy_pipeline_files(plan.source, tmp, folders)
+        copy_pipeline_files(plan.source, tmp, {spec.folder for spec in plan.graphs()})
         tokenizers = copy_tokenizers(plan.source, tmp, plan.family, plan.geometry)
         from ralu_export.token_tables import write_token_embeddings
 
@@ -213,24 +119,6 @@ def _remove_stale_temporaries(out: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-_COMPONENT_FOLDERS = {"transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae_decoder", "vae_encoder"}
-
-
-def _build_graphs(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
-    """Export, check and package every graph of the target; returns manifest entries and notes."""
-    if plan.target.graph_format in ("onnx", "ort"):
-        from ralu_export import graph_build
-
-        return graph_build.onnx_graphs(plan, root)
-    if plan.target.graph_format == "pte":
-        from ralu_export import executorch_export
-
-        return executorch_export.build(plan, root)
-    from ralu_export import coreml_export
-
-    return coreml_export.build(plan, root)
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """Move the finished bundle into place; an old bundle (force) is swapped out first, then removed."""
     old = None
@@ -243,31 +131,8 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, notes: dict[str, str],
-              token_tables: dict[str, str] | None = None) -> Manifest:
-    g, family, target = plan.geometry, plan.family, plan.target
-    by_role = {}
-    for graph in graphs:
-        by_role.setdefault(graph.role, []).append(graph)
-    denoisers = by_role.get("denoiser", [])
-    if target.packaging == "dynamic":
-        stages = (StageGraph(denoisers[0].name),)
-    else:
-        stages = tuple(StageGraph(d.name, d.static_dims["num_image_tokens"]) for d in denoisers)
-    full_res = next((gr.name for gr in by_role.get("denoiser_ids", [])), None)
-    sizes = g.sizes()
-    encoders = tuple(
-        TextEncoderSpec(
-            name=e.graph, graph=e.graph, tokenizer=e.tokenizer, kind=e.kind, use=e.use,
-            hidden_size=sizes[e.hidden_size] if e.hidden_size else (g.pooled_dim if e.kind == "clip" else g.text_dim),
-            vocab_rows=sizes[e.vocab] if e.vocab else (g.clip_vocab if e.kind == "clip" else g.t5_vocab),
-            sequence_output=_output_name(graphs, e.graph, e.sequence_output.format(**sizes)),
-            pooled_output=e.pooled_output,
-            placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
-            precision=next(gr.precision for gr in graphs if gr.name == e.graph),
-            placeholder_slots=target.placeholder_slots,
-            token_embeddings=(token_tables or {}).get(e.graph),
-        ) for e in family.encoders
-    )
+              token_tables: dict[str, str]) -> Manifest:
+    g, family = plan.geometry, plan.family
     presets = tuple(
         PresetEntry(p.name, p.to_dict(), (PresetStages(g.height, g.width, p.num_selected(g.grid_height, g.grid_width),
                                                        p.stage_lengths(g.grid_height, g.grid_width)),))
@@ -275,43 +140,57 @@ def _manifest(plan: Plan, root: Path, graphs: list[GraphEntry], tokenizers, note
     )
     return Manifest(
         format=BUNDLE_FORMAT, format_version=FORMAT_VERSION, exporter=_exporter_info(),
-        model=ModelInfo(family.name, plan.config.model, plan.pipeline_class),
+        model=ModelInfo(family.name, plan.config.model, family.pipeline_class),
         target=plan.config.target, precision=plan.config.precision, resolutions=(plan.resolution,),
         vae=VaeSpec(g.latent_channels, g.vae_factor, g.vae_scaling, g.vae_shift),
-        text_length=g.text_length,
-        rope=RopeSpec(tuple(g.axes_dim), g.theta, g.head_dim) if family.positions == "rope" else None,
-        denoiser=DenoiserSpec(
-            packaging=target.packaging, packaging_note=target.packaging_note, token_dim="num_image_tokens",
-            rope_token_dim="num_rope_tokens", stage_lengths=plan.stage_lengths,
-            token_channels=g.token_channels, text_length=sizes.get("joint_text_length", g.text_length),
-            text_dim=g.text_dim, pooled_dim=g.pooled_dim, guidance=g.guidance, timestep=family.timestep,
-            stage_graphs=stages, full_res_graph=full_res, guidance_scale=plan.guidance_scale,
-            **_sd3_denoiser_fields(family, g),
-        ),
-        text_encoders=encoders, tokenizers=tokenizers, graphs=tuple(graphs), presets=presets,
-        files=file_entries(root), notes=notes,
+        text_length=g.text_length, rope=g.rope, denoiser=_denoiser(plan, graphs),
+        text_encoders=_text_encoders(plan, graphs, token_tables), tokenizers=tokenizers, graphs=tuple(graphs),
+        presets=presets, files=file_entries(root), notes=notes,
     )
 
 
-def _output_name(graphs: list[GraphEntry], graph: str, name: str) -> str:
-    """`name` as the graph file has it: Core ML packages rename hidden_states.3 to hidden_states_3."""
-    outputs = {o.name for g in graphs if g.name == graph for o in g.outputs}
-    if name not in outputs:
-        from ralu_export.coreml_export import coreml_name
+def _denoiser(plan: Plan, graphs: list[GraphEntry]) -> DenoiserSpec:
+    """The manifest's denoiser: its stage graphs as the target packages them, sizes and family conventions."""
+    g, family, target = plan.geometry, plan.family, plan.target
+    denoisers = [graph for graph in graphs if graph.role == "denoiser"]
+    if target.packaging == "dynamic":
+        stages = (StageGraph(denoisers[0].name),)
+    else:
+        stages = tuple(StageGraph(d.name, d.static_dims["num_image_tokens"]) for d in denoisers)
+    return DenoiserSpec(
+        packaging=target.packaging, packaging_note=target.packaging_note, token_dim="num_image_tokens",
+        rope_token_dim="num_rope_tokens", stage_lengths=plan.stage_lengths, token_channels=g.token_channels,
+        text_length=g.denoiser_text_length, text_dim=g.text_dim, pooled_dim=g.pooled_dim, guidance=g.guidance,
+        timestep=family.timestep, stage_graphs=stages,
+        full_res_graph=next((graph.name for graph in graphs if graph.role == "denoiser_ids"), None),
+        positions=family.positions, pos_embed=g.pos_embed, output_order=family.output_order,
+        guidance_scale=plan.guidance_scale, baseline_schedule=family.baseline_schedule,
+        baseline_shift=g.scheduler_shift,
+    )
 
-        return coreml_name(name) if coreml_name(name) in outputs else name
-    return name
+
+def _text_encoders(plan: Plan, graphs: list[GraphEntry], token_tables: dict[str, str]) -> tuple[TextEncoderSpec, ...]:
+    sizes = plan.geometry.sizes()
+    out = []
+    for e in plan.family.encoders:
+        entry = next(graph for graph in graphs if graph.name == e.graph)
+        out.append(TextEncoderSpec(
+            name=e.graph, graph=e.graph, tokenizer=e.tokenizer, kind=e.kind, use=e.use,
+            hidden_size=sizes[e.hidden_size], vocab_rows=sizes[e.vocab],
+            sequence_output=_output_name(plan, entry, e.sequence_output.format(**sizes)),
+            pooled_output=e.pooled_output,
+            placeholder_ids_input="placeholder_ids", placeholder_embeds_input="placeholder_embeds",
+            precision=entry.precision, placeholder_slots=plan.target.placeholder_slots,
+            token_embeddings=token_tables.get(e.graph),
+        ))
+    return tuple(out)
 
 
-def _sd3_denoiser_fields(family: FamilySpec, g: Geometry) -> dict:
-    """The DenoiserSpec fields of SD3-class families (absolute positions, output layout, plain schedule);
-    empty for FLUX, whose defaults they are."""
-    if family.positions != "sincos":
-        return {}
-    sizes = g.sizes()
-    return {"positions": "sincos", "output_order": family.output_order, "baseline_schedule": family.baseline_schedule,
-            "baseline_shift": g.scheduler_shift,
-            "pos_embed": PosEmbedSpec(sizes["inner_dim"], sizes["pos_embed_max_size"], sizes["pos_base_size"], 1.0)}
+def _output_name(plan: Plan, entry: GraphEntry, declared: str) -> str:
+    """The name the graph file gives the output the family declares as `declared` (the same position: Core ML
+    renames hidden_states.3 to hidden_states_3)."""
+    names = [t.name for t in expand(plan.family.graph(entry.name).outputs, plan.geometry.sizes())]
+    return entry.outputs[names.index(declared)].name
 
 
 def _exporter_info() -> ExporterInfo:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ralu_edge.errors import UserError
+from ralu_export.parity import rule_text
 from ralu_export.targets import PRECISIONS, TARGETS
 
 DESCRIPTION = """\
@@ -71,7 +72,7 @@ def parity_table(manifest) -> str:
             lines.append(f"{graph.name:<16} {graph.file:<34} {graph.precision:<24} {'-':>10} {'-':>10} {'-':>10}  "
                          "I/O spec checked (no prediction on this platform)")
             continue
-        rule = f"{p.metric} {'<=' if p.metric == 'max_rel' else '>='} {p.tolerance:g}"
+        rule = rule_text(p.metric, p.tolerance)
         lines.append(f"{graph.name:<16} {graph.file:<34} {graph.precision:<24} {p.max_abs_error:>10.3g} "
                      f"{p.max_rel_error:>10.3g} {p.cosine:>10.6f}  {'pass' if p.passed else 'FAIL'} ({rule})")
     return "\n".join(lines)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ralu_export").setLevel(logging.ERROR if args.quiet else logging.INFO)
     from ralu_edge.manifest import read_manifest
     from ralu_export.bundle import ExportConfig, build_bundle
-    from ralu_export.onnx_files import ParityError
+    from ralu_export.parity import ParityError
     from ralu_export.pipeline_files import TokenizerMismatch
 
     presets = None if args.presets is None else tuple(p.strip() for p in args.presets.split(",") if p.strip())

@@ -1,19 +1,19 @@
-"""Example inputs for tracing and for the export-time parity check of the FLUX family's graphs: one
-function from (graph spec, geometry, case dims, rng) to keyword tensors, plus the list of parity cases of a
-graph (every stage length for the RALU denoiser, zero and two placeholders for the text encoders, full and
-half resolution for the VAE decoder). RoPE tables come from ralu_edge.rope, as the runtime builds them."""
+"""Example inputs for tracing and for the export-time parity check, and the torch reference's outputs on
+them. Each input's value comes from its template's example builder (declared by its family,
+families/flux.py, families/sd3.py, families/components.py); this module only fixes the cases (every stage
+length for the RALU denoiser, zero and two placeholders for the text encoders, full and half resolution for
+the VAE decoder), draws the image-token positions, and hands the values to torch."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ralu_edge.rope import rope_tables
-from ralu_edge.sd3 import SincosGrid, position_embeddings
 from ralu_edge.tokens import grid_positions
-from ralu_export.families import Geometry, GraphSpec, present
+from ralu_export.families.spec import EXAMPLE_BATCH, ExampleContext, FamilySpec, Geometry, GraphSpec, present
 
 Case = tuple[str, dict[str, int]]
+EXAMPLE_PROMPT = "a small red circle on a white background"
 
 
 def parity_cases(spec: GraphSpec, geometry: Geometry, stage_lengths: list[int]) -> list[Case]:
@@ -48,59 +48,43 @@ def image_positions(geometry: Geometry, num_tokens: int, rng: np.random.Generato
     return np.stack([np.zeros(num_tokens), rows, cols], axis=1)
 
 
+def example_arrays(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rng: np.random.Generator,
+                   token_ids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The graph's inputs (those the model has, in declaration order) at one case, as numpy arrays.
+    token_ids[graph name] is a tokenized prompt [1, T] int64."""
+    num_tokens = dims.get("num_image_tokens", geometry.grid_height * geometry.grid_width)
+    ctx = ExampleContext(geometry, {"batch": EXAMPLE_BATCH, "num_placeholders": 0, **dims}, rng,
+                         token_ids.get(spec.name), image_positions(geometry, num_tokens, rng))
+    return {t.name: t.example(t, ctx) for t in present(spec.inputs, geometry)}
+
+
 def example_inputs(spec: GraphSpec, geometry: Geometry, dims: dict[str, int], rng: np.random.Generator,
                    token_ids: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Keyword tensors for one case of a graph. token_ids[graph name] is a tokenized prompt [1, T] int64."""
-    num_tokens = dims.get("num_image_tokens", geometry.grid_height * geometry.grid_width)
-    dims = {"batch": 2, **dims}  # SD3's classifier-free guidance batch (FLUX graphs have no batch dim)
-    text_ids = np.zeros((geometry.text_length, max(len(geometry.axes_dim), 1)))
-    image_ids = image_positions(geometry, num_tokens, rng)
+    """Keyword tensors for one case of a graph (example_arrays, in torch)."""
+    return {name: torch.from_numpy(value) for name, value in example_arrays(spec, geometry, dims, rng,
+                                                                             token_ids).items()}
+
+
+def example_token_ids(pipe, family: FamilySpec, geometry: Geometry) -> dict[str, np.ndarray]:
+    """{encoder graph: [1, T] int64} ids of EXAMPLE_PROMPT from the pipeline's own tokenizers."""
     sizes = geometry.sizes()
-
-    def normal(*shape: int) -> torch.Tensor:
-        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
-
-    values: dict[str, object] = {}
-    for template in present(spec.inputs, geometry):
-        name = template.name
-        if name in ("rope_cos", "rope_sin"):
-            cos, sin = rope_tables(np.concatenate([text_ids, image_ids]), geometry.axes_dim, geometry.theta)
-            values[name] = torch.from_numpy(cos if name == "rope_cos" else sin)
-        elif name == "txt_ids":
-            values[name] = torch.from_numpy(text_ids.astype(np.float32))
-        elif name == "img_ids":
-            values[name] = torch.from_numpy(image_ids.astype(np.float32))
-        elif name == "timestep":
-            count = dims["batch"] if template.shape == ("batch",) else 1
-            scale = sizes.get("timestep_scale", 1)  # SD3 graphs take sigma * 1000
-            values[name] = torch.tensor(rng.uniform(0.05, 0.95, count) * scale, dtype=torch.float32)
-        elif name == "pos_embed":
-            grid = SincosGrid(sizes["inner_dim"], sizes["pos_embed_max_size"], sizes["pos_base_size"])
-            values[name] = torch.from_numpy(position_embeddings(image_ids, geometry.grid_height, geometry.grid_width,
-                                                                grid))
-        elif name == "guidance":
-            values[name] = torch.tensor([3.5], dtype=torch.float32)
-        elif name == "input_ids":
-            dim = sizes[next(t for t in spec.inputs if t.name == "placeholder_embeds").shape[1]]
-            values.update(_text_inputs(dims.get("num_placeholders", 0), dim, token_ids[spec.name], rng))
-        elif name in ("placeholder_ids", "placeholder_embeds"):
-            continue
-        elif name == "sample":
-            shape = (1, 3, dims["latent_height"] * geometry.vae_factor, dims["latent_width"] * geometry.vae_factor)
-            values[name] = torch.from_numpy(rng.uniform(-1, 1, shape).astype(np.float32))
-        else:
-            shape = [d if isinstance(d, int) else sizes.get(d, dims.get(d, num_tokens)) for d in template.shape]
-            values[name] = normal(*shape)
-    return values
+    out = {}
+    for encoder in family.encoders:
+        tokenizer = getattr(pipe, encoder.tokenizer)
+        out[encoder.graph] = tokenizer([EXAMPLE_PROMPT], padding="max_length", max_length=sizes[encoder.length],
+                                       truncation=True, return_tensors="np").input_ids.astype(np.int64)
+    return out
 
 
-def _text_inputs(count: int, dim: int, ids: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-    """input_ids with `count` placeholders: the first is a brand-new id (one past the table) written at
-    position 2, the second replaces an id the prompt already uses (position 1)."""
-    ids = np.array(ids, dtype=np.int64, copy=True)
-    vocab = int(ids.max()) + 1000  # any id works: ids beyond the table are clamped for the lookup
-    placeholder_ids = np.array([vocab, int(ids[0, 1])][:count], dtype=np.int64)
-    if count:
-        ids[0, 2] = vocab
-    return {"input_ids": torch.from_numpy(ids), "placeholder_ids": torch.from_numpy(placeholder_ids),
-            "placeholder_embeds": torch.from_numpy(rng.standard_normal((count, dim)).astype(np.float32) * 0.02)}
+def torch_outputs(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """The module's outputs on `example` as float32/int numpy arrays (a tuple output becomes a list)."""
+    with torch.no_grad():
+        out = module(**example)
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().cpu().numpy() for o in out]
+
+
+def torch_references(module: torch.nn.Module, cases: list[tuple[str, dict[str, torch.Tensor]]]) -> list:
+    """The module's outputs on every case, computed up front so that the module can be freed before the
+    exported program loads (issue 8: never both copies of the weights at once)."""
+    return [torch_outputs(module, example) for _, example in cases]

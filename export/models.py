@@ -13,12 +13,14 @@ from pathlib import Path
 from ralu_edge.errors import UserError
 from ralu_export import BUILTIN_MODELS, builtin_model_path
 
-SUPPORTED_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
 SAMPLING_FILE = "sampling.json"
 
 
 def resolve_model(model: str) -> Path:
-    """The pipeline folder for a built-in name or a path; checks model_index.json before any loading."""
+    """The pipeline folder for a built-in name or a path; checks model_index.json before any loading, and that
+    an export family (ralu_export.families) takes its pipeline class."""
+    from ralu_export.families import FAMILIES  # the families load their pipelines through this module
+
     if model in BUILTIN_MODELS:
         return builtin_model_path(model)
     path = Path(model)
@@ -33,9 +35,9 @@ def resolve_model(model: str) -> Path:
         cls = json.loads(index.read_text()).get("_class_name")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{index}: not valid JSON ({e.__class__.__name__}); re-save the pipeline.") from None
-    if cls not in SUPPORTED_PIPELINES:
+    if cls not in FAMILIES:
         raise UserError(f"{index}: pipeline class {cls!r} is not supported yet; supported: "
-                        f"{', '.join(SUPPORTED_PIPELINES)}.")
+                        f"{', '.join(FAMILIES)}.")
     return path
 
 

@@ -1,8 +1,6 @@
 """ONNX export of one graph spec (torch.onnx.export, dynamo, opset 18), with the family's symbolic axes
-stamped on the graph's inputs and outputs and empty in-graph defaults for optional inputs, and the
-export-time parity check against the torch module (optimum's convert.py validation and Apple's
---check-output-correctness, except that a miss fails the export). Saving and ORT sessions without torch
-live in onnx_files.
+stamped on the graph's inputs and outputs and empty in-graph defaults for optional inputs. Saving and ORT
+sessions without torch live in onnx_files; the parity check in parity.py.
 
 Large weights (issue 8): the exported graph is returned as an onnx_ir Model whose weight initializers are
 views of the torch module's parameters, never copies. onnxscript's optimizer, which torch.onnx runs by
@@ -21,35 +19,12 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from ralu_edge.manifest import Parity, TensorSpec
-from ralu_export.families import FamilySpec, GraphSpec, TensorTemplate, expand
-from ralu_export.onnx_files import ParityError, compare_outputs
+from ralu_export.families.spec import FamilySpec, GraphSpec, TensorTemplate, expand, resolve_shape
+from ralu_export.parity import ParityError
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-
-
-def resolve_shape(template: TensorTemplate, sizes: dict[str, int], fixed: dict[str, int]) -> tuple:
-    """The manifest shape of a template: model sizes and `fixed` dims resolved to ints, others symbolic."""
-    out = []
-    for dim in template.shape:
-        if isinstance(dim, int):
-            out.append(dim)
-        elif dim in sizes:
-            out.append(sizes[dim])
-        elif dim in fixed:
-            out.append(fixed[dim])
-        else:
-            out.append(dim)
-    return tuple(out)
-
-
-def tensor_specs(templates: tuple[TensorTemplate, ...], sizes: dict[str, int],
-                 fixed: dict[str, int] | None = None) -> tuple[TensorSpec, ...]:
-    """Manifest TensorSpecs of a graph's inputs or outputs."""
-    return tuple(TensorSpec(t.name, t.dtype, resolve_shape(t, sizes, fixed or {}), t.optional)
-                 for t in expand(templates, sizes))
 
 
 def _value(term: int | str, sizes: dict[str, int]) -> int:
@@ -165,20 +140,6 @@ def _add_optional_defaults(model: ir.Model, spec: GraphSpec, sizes: dict[str, in
             model.graph.register_initializer(value)
 
 
-def torch_outputs(module: torch.nn.Module, example: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    """The module's outputs on `example` as float32/int numpy arrays (a tuple output becomes a list)."""
-    with torch.no_grad():
-        out = module(**example)
-    out = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().cpu().numpy() for o in out]
-
-
-def torch_references(module: torch.nn.Module, cases: list[tuple[str, dict[str, torch.Tensor]]]) -> list:
-    """The module's outputs on every case, computed up front so that the module can be freed before ONNX
-    Runtime loads the exported graph (issue 8: never both copies of the weights at once)."""
-    return [torch_outputs(module, example) for _, example in cases]
-
-
 def parameter_bytes(module: torch.nn.Module) -> int:
     """Bytes of the module's parameters and buffers (shared tensors once)."""
     tensors = {t.data_ptr(): t for t in list(module.parameters()) + list(module.buffers())}
@@ -195,28 +156,3 @@ def affordable_cases(cases: list, weight_bytes: int, large_bytes: int = LARGE_GR
     for FLUX.1 (12 B parameters) at 4096 tokens is minutes of CPU time; the length-dependent code is the
     same as in the small models the test suite checks at every stage length."""
     return list(cases) if weight_bytes < large_bytes else list(cases)[:2]
-
-
-def check_parity(name: str, run, reference, cases: list[tuple[str, dict[str, torch.Tensor]]],
-                 metric: str, tolerance: float, reference_name: str = "torch") -> Parity:
-    """Compare `run(feeds) -> list of outputs` with the reference over the cases: a torch module, or its
-    outputs per case (torch_references). A Parity record, or ParityError when the graph is beyond tolerance
-    (max_rel <= tolerance, or cosine >= tolerance)."""
-    pairs = []
-    for index, (_, example) in enumerate(cases):
-        expected = torch_outputs(reference, example) if isinstance(reference, torch.nn.Module) else reference[index]
-        got = run({k: v.detach().cpu().numpy() for k, v in example.items()})
-        pairs.extend(zip(got, expected))
-    result = compare_outputs(pairs)
-    passed = result.max_rel_error <= tolerance if metric == "max_rel" else result.cosine >= tolerance
-    parity = Parity(reference=reference_name, metric=metric, tolerance=tolerance,
-                    max_abs_error=result.max_abs_error, max_rel_error=result.max_rel_error, cosine=result.cosine,
-                    passed=passed, cases=tuple(label for label, _ in cases))
-    log.debug("parity %s: max abs %.3g, max rel %.3g, cosine %.6f (%s %s %g)", name, result.max_abs_error,
-             result.max_rel_error, result.cosine, metric, "<=" if metric == "max_rel" else ">=", tolerance)
-    if not passed:
-        raise ParityError(f"graph {name!r} fails parity against {reference_name}: max abs "
-                          f"{result.max_abs_error:.3g}, max rel {result.max_rel_error:.3g}, cosine "
-                          f"{result.cosine:.6f} ({metric} tolerance {tolerance}); the export is not trustworthy, "
-                          "so no bundle was written.")
-    return parity

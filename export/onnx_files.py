@@ -1,6 +1,6 @@
 """ONNX files without torch: saving several graphs with their weights shared in one external data file,
-CPU ORT sessions and runners, and the error measures of the export-time parity check. Imports onnx,
-onnx_ir, numpy and onnxruntime only, so tests and benchmarks that never trace a model stay light.
+and CPU ORT sessions and runners. Imports onnx, onnx_ir, numpy and onnxruntime only, so tests and
+benchmarks that never trace a model stay light.
 
 Saving streams (issue 8 "Large weights"): each initializer is read, hashed and written on its own, so at most
 one tensor's bytes exist beside the model's weights, and the graph proto written is the small one with
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,6 @@ EXTERNAL_MIN_BYTES = 1024  # smaller initializers stay inside the .onnx protobuf
 ALIGN_BYTES = 65536
 ALIGN_THRESHOLD_BYTES = 1 << 20  # onnxruntime's own threshold; smaller tensors start at 64-byte offsets
 SMALL_ALIGN_BYTES = 64
-
-
-class ParityError(RuntimeError):
-    """An exported graph disagrees with its reference beyond the family's tolerance (an exporter bug)."""
 
 
 def _tensor_bytes(tensor) -> np.ndarray:
@@ -100,34 +95,6 @@ def ort_session(path: Path, threads: int = 2, config: dict[str, str] | None = No
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Largest errors over all cases and outputs; the worst output cosine."""
-
-    max_abs_error: float
-    max_rel_error: float
-    reference_max: float
-    cosine: float
-
-
-def compare_outputs(pairs: list[tuple[np.ndarray, np.ndarray]]) -> Comparison:
-    """Errors of (graph output, reference output) pairs: max |a-b|, max |a-b| / max |b| per pair, and the
-    minimum cosine between the flattened pairs."""
-    max_abs = max_rel = ref_max = 0.0
-    cosine = 1.0
-    for got, ref in pairs:
-        got, ref = np.asarray(got, np.float64).ravel(), np.asarray(ref, np.float64).ravel()
-        if got.shape != ref.shape:
-            raise ParityError(f"output shape {got.shape} differs from the reference {ref.shape}")
-        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        max_abs, ref_max = max(max_abs, err), max(ref_max, scale)
-        max_rel = max(max_rel, err / scale if scale > 0 else err)
-        norm = float(np.linalg.norm(got) * np.linalg.norm(ref))
-        cosine = min(cosine, float(got @ ref) / norm if norm > 0 else float(err == 0.0))
-    return Comparison(max_abs, max_rel, ref_max, cosine)
 
 
 def ort_runner(path: Path, threads: int = 2, config: dict[str, str] | None = None):

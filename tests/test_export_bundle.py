@@ -13,9 +13,10 @@ import torch
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import MANIFEST_NAME, read_manifest, verify_files
 from ralu_edge.rope import rope_tables
-from ralu_export import bundle
+from ralu_export import targets
 from ralu_export.bundle import ExportConfig, build_bundle
-from ralu_export.onnx_files import ParityError, ort_runner
+from ralu_export.onnx_files import ort_runner
+from ralu_export.parity import ParityError
 from ralu_export.pipeline_files import tokenizer_ids
 
 PROMPT = "a small red circle on a white background"
@@ -171,7 +172,7 @@ def test_a_failed_export_leaves_nothing_behind(monkeypatch, tmp_path, failure):
         (root / "transformer" / "model.onnx_data").write_bytes(b"partial")
         raise failure("stop")
 
-    monkeypatch.setattr(bundle, "_build_graphs", failing_graphs)
+    monkeypatch.setattr(targets, "build", failing_graphs)
     with pytest.raises(failure):
         build_bundle(ExportConfig(model="shapes", target="desktop", out=tmp_path / "bundle"))
     assert list(tmp_path.iterdir()) == []
@@ -180,7 +181,7 @@ def test_a_failed_export_leaves_nothing_behind(monkeypatch, tmp_path, failure):
 def test_a_failed_forced_export_keeps_the_old_bundle(monkeypatch, tmp_path):
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "old.txt").write_text("old")
-    monkeypatch.setattr(bundle, "_build_graphs", lambda plan, root: (_ for _ in ()).throw(ParityError("stop")))
+    monkeypatch.setattr(targets, "build", lambda plan, root: (_ for _ in ()).throw(ParityError("stop")))
     with pytest.raises(ParityError):
         build_bundle(ExportConfig(model="shapes", target="desktop", out=tmp_path / "bundle", force=True))
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]

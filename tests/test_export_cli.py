@@ -132,7 +132,7 @@ def test_an_android_export_prints_only_its_progress_and_parity_table(tmp_path):
     assert "\n".join(lines[len(progress):]) == table
     graphs = read_manifest(out).graphs
     assert [line.split(":")[0] for line in progress] == (
-        ["INFO ralu_export.graph_build"] * len(graphs) + ["INFO ralu_export.ort_format"]), done.stderr
+        ["INFO ralu_export.onnx_graphs"] * len(graphs) + ["INFO ralu_export.ort_format"]), done.stderr
 
 
 def test_help_runs_as_a_module_and_names_every_target():
@@ -149,8 +149,8 @@ FAMILY_TEST_MODELS = {"FluxPipeline": "shapes", "StableDiffusion3Pipeline": "bui
 
 
 def test_every_registered_family_has_a_tiny_test_model(tmp_path):
-    from ralu_export.bundle import ExportConfig, plan_export
     from ralu_export.families import FAMILIES
+    from ralu_export.plan import ExportConfig, plan_export
 
     assert set(FAMILIES) == set(FAMILY_TEST_MODELS)
     from ralu_export import tiny_models

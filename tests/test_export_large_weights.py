@@ -118,10 +118,11 @@ def tiny_flux(tmp_path_factory):
 def test_exported_weights_are_views_of_the_torch_parameters(tiny_flux, tmp_path):
     import torch
 
-    from ralu_export import examples, onnx_export
-    from ralu_export.families import FLUX, boundary_module, flux_geometry
-    from ralu_export.models import load_flux_pipeline
     from ralu_edge.rng import rng_for
+    from ralu_export import examples, onnx_export
+    from ralu_export.families.flux import FLUX, flux_geometry
+    from ralu_export.families.spec import boundary_module
+    from ralu_export.models import load_flux_pipeline
 
     pipe = load_flux_pipeline(str(tiny_flux))
     spec, geometry = FLUX.graph("denoiser"), flux_geometry(tiny_flux, 64, 64)
@@ -138,7 +139,7 @@ def test_exported_weights_are_views_of_the_torch_parameters(tiny_flux, tmp_path)
                          tmp_path / "transformer" / "model.onnx_data")
     feeds = {k: v.numpy() for k, v in example.items()}
     got = ort_runner(tmp_path / "transformer" / "denoiser.onnx")(feeds)[0]
-    expected = onnx_export.torch_outputs(module, example)[0]
+    expected = examples.torch_outputs(module, example)[0]
     assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
@@ -170,12 +171,13 @@ def test_the_lean_loader_maps_shards_and_casts_bf16_to_float32(tiny_flux, tmp_pa
 
 
 def test_weight_only_int8_of_an_exported_graph_replaces_its_float_weights(tiny_flux, tmp_path):
-    from ralu_export import examples, onnx_export
-    from ralu_export.families import FLUX, boundary_module, flux_geometry
-    from ralu_export.models import load_flux_pipeline
-    from ralu_export.onnx_files import compare_outputs
-    from ralu_export.quantize import SESSION_CONFIG, quantize
     from ralu_edge.rng import rng_for
+    from ralu_export import examples, onnx_export
+    from ralu_export.families.flux import FLUX, flux_geometry
+    from ralu_export.families.spec import boundary_module
+    from ralu_export.models import load_flux_pipeline
+    from ralu_export.parity import compare_outputs
+    from ralu_export.quantize import SESSION_CONFIG, quantize
 
     pipe = load_flux_pipeline(str(tiny_flux))
     spec, geometry = FLUX.graph("denoiser"), flux_geometry(tiny_flux, 64, 64)
@@ -194,4 +196,4 @@ def test_weight_only_int8_of_an_exported_graph_replaces_its_float_weights(tiny_f
     save_sharing_weights([(quantized, tmp_path / "q" / "denoiser.onnx")], tmp_path / "q" / "model.onnx_data")
     run = ort_runner(tmp_path / "q" / "denoiser.onnx", config=SESSION_CONFIG["weight_qdq"])
     got = run({k: v.numpy() for k, v in example.items()})[0]
-    assert compare_outputs([(got, onnx_export.torch_outputs(module, example)[0])]).cosine >= FLUX.tolerances.int8_cosine
+    assert compare_outputs([(got, examples.torch_outputs(module, example)[0])]).cosine >= FLUX.tolerances.int8_cosine

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ralu_export.onnx_files import compare_outputs, ort_runner, save_sharing_weights
+from ralu_export.onnx_files import ort_runner, save_sharing_weights
+from ralu_export.parity import compare_outputs
 from ralu_export.quantize import quantize, weight_matmuls
 
 

@@ -1,10 +1,9 @@
 """The ios target: one Core ML `.mlpackage` per component, static shapes, converted with coremltools from
-`torch.export(...).run_decompositions({})` (ENVIRONMENT.md). Several shapes of one component become the
-functions of one multifunction package (iOS 18), which stores the weights once:
-- transformer/denoiser.mlpackage: functions `denoise_<L>` per RALU stage length L;
-- text_encoder*/model.mlpackage: function `main`, PLACEHOLDER_SLOTS fixed placeholder slots;
-- vae_decoder/model.mlpackage: `decode` and `decode_half`; vae_encoder/model.mlpackage: `encode`.
-int8 is weight-only per-channel linear quantization (coremltools.optimize), float activations.
+`torch.export(...).run_decompositions({})` (ENVIRONMENT.md). The shapes static_programs lays out for a
+component become the functions of one multifunction package (iOS 18), which stores the weights once
+(`denoise_<L>` per stage length, `forward` for the text encoders with fixed placeholder slots, `decode` /
+`decode_half`, `encode`). int8 is weight-only per-channel linear quantization (coremltools.optimize), float
+activations, where the int8 policy says so.
 
 Core ML prediction needs macOS, so on Linux the check is structural: every function's inputs and
 outputs (names, shapes, dtypes) are read back from the saved package with coremltools and compared with
@@ -16,18 +15,17 @@ import logging
 import re
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ralu_edge.manifest import GraphEntry, TensorSpec
 from ralu_edge.rng import rng_for
-from ralu_export import onnx_export
-from ralu_export.executorch_export import PLACEHOLDER_SLOTS, _example, _methods
-from ralu_export.families import GraphSpec, boundary_module, expand, present
-from ralu_export.graph_build import example_token_ids, int8_method
-from ralu_export.onnx_files import ParityError
+from ralu_export import static_programs
+from ralu_export.families.spec import GraphSpec, expand
+from ralu_export.int8_policy import precision_label
+from ralu_export.parity import ParityError
+from ralu_export.plan import Plan
 
 log = logging.getLogger(__name__)
 _DTYPES = {65568: "float32", 65552: "float16", 131104: "int32"}  # Core ML ArrayDataType values
@@ -61,18 +59,17 @@ def _convert(module: torch.nn.Module, example: dict[str, torch.Tensor], output_n
     return model
 
 
-def _package(plan, spec: GraphSpec, module, token_ids, root: Path, int8: bool) -> Path:
+def _package(plan: Plan, spec: GraphSpec, module, token_ids, root: Path, int8: bool) -> Path:
     """Convert every function of a component and save them as one multifunction package."""
     import coremltools as ct
 
     started = time.perf_counter()
-    path = root / spec.folder / f"{spec.stem}.mlpackage"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = static_programs.program_path(root, spec, ".mlpackage")
     with tempfile.TemporaryDirectory(prefix="ralu-coreml-") as tmp:
         descriptor = ct.utils.MultiFunctionDescriptor()
-        methods = _methods(plan, spec)
+        methods = static_programs.methods(plan, spec)
         for _, function, dims in methods:
-            example = _example(plan, spec, dims, rng_for(0, f"coreml-trace-{function}"), token_ids)
+            example = static_programs.example(plan, spec, dims, rng_for(0, f"coreml-trace-{function}"), token_ids)
             single = Path(tmp) / f"{function}.mlpackage"
             outputs = [t.name for t in expand(spec.outputs, plan.geometry.sizes())]
             _convert(module, example, outputs, int8).save(str(single))
@@ -102,14 +99,11 @@ def coreml_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def _checked_entry(plan, spec: GraphSpec, path: Path, root: Path, method_info, int8: bool) -> GraphEntry:
+def _checked_entry(plan: Plan, spec: GraphSpec, path: Path, root: Path, method_info, precision: str) -> GraphEntry:
     """Compare a saved function's I/O with the family's declaration (names and shapes; int64 ids become
     int32 in Core ML) and describe it."""
     name, function, dims = method_info
-    sizes = plan.geometry.sizes()
-    declared_in = [replace(s, optional=False)
-                   for s in onnx_export.tensor_specs(present(spec.inputs, plan.geometry), sizes, dims)]
-    declared_out = list(onnx_export.tensor_specs(spec.outputs, sizes, dims))
+    declared_in, declared_out = static_programs.declared_io(plan, spec, dims)
     inputs, outputs = _described(path, function)
     for declared, found in ((declared_in, inputs), (declared_out, outputs)):
         # Core ML turns characters outside [A-Za-z0-9_] into "_" (optimum's hidden_states.3 -> hidden_states_3).
@@ -118,26 +112,21 @@ def _checked_entry(plan, spec: GraphSpec, path: Path, root: Path, method_info, i
                               f"declares {[(s.name, s.shape) for s in declared]}; no bundle was written.")
     return GraphEntry(
         name=name, role=spec.role, file=path.relative_to(root).as_posix(), format="mlpackage",
-        precision="int8-coreml_weight_int8" if int8 else "fp32", inputs=tuple(inputs), outputs=tuple(outputs),
-        static_dims={k: v for k, v in dims.items() if k in ("num_image_tokens", "latent_height", "latent_width")},
-        method=function, parity=None,
+        precision=precision, inputs=tuple(inputs), outputs=tuple(outputs),
+        static_dims=static_programs.manifest_static_dims(dims), method=function, parity=None,
     )
 
 
-def build(plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
+def build(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
     """Every package of the ios target under `root`; manifest entries and notes."""
-    pipe = plan.family.load(plan.config.model)
-    token_ids = example_token_ids(pipe, plan)
     entries = []
-    for spec in plan.family.graphs:
-        if "ios" not in spec.targets:
-            continue
-        int8 = int8_method(plan, spec) is not None
-        module = boundary_module(spec, pipe)
-        path = _package(plan, spec, module, token_ids, root, int8)
-        entries += [_checked_entry(plan, spec, path, root, m, int8) for m in _methods(plan, spec)]
+    for spec, module, token_ids in static_programs.components(plan):
+        method = plan.int8_method(spec)
+        path = _package(plan, spec, module, token_ids, root, method is not None)
+        entries += [_checked_entry(plan, spec, path, root, m, precision_label(method))
+                    for m in static_programs.methods(plan, spec)]
     notes = {"ios.parity": "not run: Core ML prediction needs macOS; every function's inputs and outputs were "
                            "read back with coremltools and match the declared names and shapes",
-             "ios.placeholders": f"{PLACEHOLDER_SLOTS} fixed slots; unused slots take id -1",
+             "ios.placeholders": f"{plan.target.placeholder_slots} fixed slots; unused slots take id -1",
              "ios.packages": "multifunction .mlpackage (iOS 18+): one function per shape, weights stored once"}
     return entries, notes

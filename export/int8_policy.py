@@ -1,0 +1,55 @@
+"""Which graphs of a bundle are int8, and by which method: the one table (issue 14). A graph is int8 when
+its target quantizes its role (INT8_METHODS) and either the bundle is int8 (`--precision int8`) or the
+target makes that role int8 by default (INT8_BY_DEFAULT: text encoders on device targets, issue 4), unless
+the method cannot take the graph's boundary module (METHOD_REFUSES). The VAE is float everywhere.
+
+Methods: "weight_qdq" (ORT graphs, quantize.py: int8 weights per output channel behind DequantizeLinear,
+float activations), "xnnpack_dynamic" (ExecuTorch pt2e, XNNPACKQuantizer: per-channel weights, activations
+quantized per run), "coreml_weight_int8" (coremltools.optimize linear_quantize_weights: weight-only,
+per-channel). A graph's precision label in the manifest is "fp32" or "int8-<method>"."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from ralu_export.families.spec import GraphSpec
+
+Int8Method = Literal["weight_qdq", "xnnpack_dynamic", "coreml_weight_int8"]
+
+# weight_qdq for int8 ORT graphs (bench 'int8 text encoders' / 'int8 denoiser' tables, shapes): the best output
+# cosine of the three methods (denoiser 0.99999 vs 0.9999 dynamic, 0.9997 static QDQ), the best image PSNR
+# vs fp32 (18-step baseline: 44 dB vs 37 / 15 dB), the smallest files (7.3 MB vs 12.1 MB dynamic, 24.2 fp32),
+# and float activations, so zeroth-order personalization through the int8 graphs still sees the loss move
+# (zo fd cos 0.999 vs ~0 for dynamic and static QDQ, which quantize activations). Its price: 1.3-1.6x the
+# fp32 latency on this AVX2 CPU (weights dequantized per run); dynamic int8 is 1.6x faster than fp32 but W8A8.
+_ORT = {"denoiser": "weight_qdq", "denoiser_ids": "weight_qdq", "text_encoder": "weight_qdq"}
+
+INT8_METHODS: dict[str, dict[str, Int8Method]] = {  # target -> graph role -> method
+    "desktop": _ORT,
+    "android": _ORT,
+    "executorch": {"denoiser": "xnnpack_dynamic", "text_encoder": "xnnpack_dynamic"},
+    "ios": {"denoiser": "coreml_weight_int8", "text_encoder": "coreml_weight_int8"},
+}
+INT8_BY_DEFAULT: dict[str, tuple[str, ...]] = {  # target -> roles that are int8 in an fp32 bundle too
+    "desktop": (),
+    "android": ("text_encoder",),
+    "executorch": ("text_encoder",),
+    "ios": ("text_encoder",),
+}
+# pt2e preparation turns T5's integer relative-position buckets into floats, and a constant bias breaks
+# XNNPACK's broadcast: ExecuTorch's T5 programs stay fp32.
+METHOD_REFUSES: dict[Int8Method, tuple[str, ...]] = {"xnnpack_dynamic": ("T5TextEncoder",)}
+
+
+def int8_method(target: str, precision: str, graph: GraphSpec) -> Optional[Int8Method]:
+    """The method quantizing `graph` in a `precision` bundle for `target`, or None for a float graph."""
+    method = INT8_METHODS[target].get(graph.role)
+    wanted = precision == "int8" or graph.role in INT8_BY_DEFAULT[target]
+    if method is None or not wanted or graph.module in METHOD_REFUSES.get(method, ()):
+        return None
+    return method
+
+
+def precision_label(method: Optional[Int8Method]) -> str:
+    """The manifest's precision of a graph quantized by `method` (None: float)."""
+    return "fp32" if method is None else f"int8-{method}"

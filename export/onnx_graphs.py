@@ -1,0 +1,122 @@
+"""The ONNX stage that the desktop and android targets share: export every graph the family declares for the
+target, quantize those the int8 policy names, save graphs that wrap the same module into one weight file
+(optimum's layout: `<folder>/<stem>.onnx` + `<folder>/model.onnx_data`), compute the torch references of
+every parity case and free the torch weights; then, per final graph file, check it against those
+references (every RALU stage length for the denoiser) and describe it for the manifest."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ralu_edge.manifest import GraphEntry
+from ralu_edge.rng import rng_for
+from ralu_export import examples, onnx_export, onnx_files
+from ralu_export.families.spec import GraphSpec, boundary_module, present, tensor_specs
+from ralu_export.int8_policy import precision_label
+from ralu_export.parity import Run, check_parity, parity_rule
+from ralu_export.plan import Plan
+from ralu_export.quantize import SESSION_CONFIG, quantize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportedGraph:
+    """One graph between export and the manifest: its spec, torch module, ONNX model (onnx_ir Model whose
+    weights are views of the module's, or a quantized ModelProto), precision label and the ORT session
+    config it needs; path/data_files once saved; the parity cases with the torch outputs (references)
+    once computed, after which module and model are dropped (issue 8: never torch and ORT weights at once)."""
+
+    spec: GraphSpec
+    module: torch.nn.Module | None
+    proto: object
+    precision: str
+    session_config: dict[str, str]
+    path: Path | None = None
+    data_files: tuple[Path, ...] = ()
+    references: tuple[list, list] | None = None
+
+
+def export_graphs(plan: Plan, root: Path) -> list[ExportedGraph]:
+    """Export, quantize and save every graph of the plan's target under `root`, with the torch outputs of
+    their parity cases; the pipeline is freed before returning."""
+    pipe = plan.family.load(plan.config.model)
+    token_ids = examples.example_token_ids(pipe, plan.family, plan.geometry)
+    specs = plan.graphs()
+    graphs = [_export(plan, spec, pipe, token_ids) for spec in tqdm(specs, desc="export", unit="graph", disable=None)]
+    _save(root, graphs)
+    for graph in graphs:  # torch outputs now, then free the torch weights before ORT maps the saved ones
+        graph.references = _torch_references(plan, graph, token_ids)
+        graph.module = graph.proto = None
+    del pipe
+    gc.collect()
+    return graphs
+
+
+def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray]) -> ExportedGraph:
+    started = time.perf_counter()
+    module = boundary_module(spec, pipe)
+    rng = rng_for(0, f"export-trace-{spec.name}")
+    example = examples.example_inputs(spec, plan.geometry, examples.trace_case(plan.geometry), rng, token_ids)
+    proto = onnx_export.export_graph(spec, plan.family, module, example, plan.geometry.sizes())
+    method = plan.int8_method(spec)
+    if method is not None:
+        proto = quantize(proto, method)
+    graph = ExportedGraph(spec, module, proto, precision_label(method), SESSION_CONFIG.get(method, {}))
+    log.info("exported %s (%s) in %.1f s", spec.name, graph.precision, time.perf_counter() - started)
+    return graph
+
+
+def _save(root: Path, graphs: list[ExportedGraph]) -> None:
+    """Write the graphs, one external data file `<folder>/model.onnx_data` per weight-sharing group."""
+    groups: dict[str, list[ExportedGraph]] = {}
+    for graph in graphs:
+        groups.setdefault(graph.spec.shares_weights or graph.spec.name, []).append(graph)
+    for members in groups.values():
+        folder = root / members[0].spec.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        data = folder / "model.onnx_data"
+        for graph in members:
+            graph.path, graph.data_files = root / graph.spec.path, (data,)
+        onnx_files.save_sharing_weights([(g.proto, g.path) for g in members], data)
+
+
+def _torch_references(plan: Plan, graph: ExportedGraph, token_ids: dict[str, np.ndarray]) -> tuple[list, list]:
+    """The graph's parity cases (fewer for multi-GB graphs: onnx_export.affordable_cases) and the torch
+    module's outputs on each."""
+    spec = graph.spec
+    rng = rng_for(0, f"export-parity-{spec.name}")
+    cases = [(label, examples.example_inputs(spec, plan.geometry, dims, rng, token_ids))
+             for label, dims in examples.parity_cases(spec, plan.geometry, list(plan.stage_lengths))]
+    cases = onnx_export.affordable_cases(cases, onnx_export.parameter_bytes(graph.module))
+    return cases, examples.torch_references(graph.module, cases)
+
+
+def runner(graph: ExportedGraph) -> Run:
+    """`run(feeds) -> outputs` over a CPU ORT session of the graph's current file (.onnx or .ort)."""
+    return onnx_files.ort_runner(graph.path, config=graph.session_config)
+
+
+def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> GraphEntry:
+    """Check the final graph file (run by `run`) against torch at every parity case and describe it."""
+    spec = graph.spec
+    cases, expected = graph.references
+    rule = parity_rule(plan.family.tolerances, "onnxruntime", graph.precision)
+    parity = check_parity(spec.name, run, expected, cases, rule)
+    sizes = plan.geometry.sizes()
+    return GraphEntry(
+        name=spec.name, role=spec.role, file=graph.path.relative_to(root).as_posix(),
+        format="ort" if graph.path.suffix == ".ort" else "onnx", precision=graph.precision,
+        inputs=tensor_specs(present(spec.inputs, plan.geometry), sizes),
+        outputs=tensor_specs(spec.outputs, sizes),
+        data_files=tuple(d.relative_to(root).as_posix() for d in graph.data_files),
+        session_config=graph.session_config, parity=parity,
+    )

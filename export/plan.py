@@ -1,0 +1,118 @@
+"""An export request and its validated plan: `plan_export` turns an ExportConfig (the CLI's arguments) into a
+Plan — model folder, family, target, geometry, presets, recorded sampling — raising every error a user can
+cause before any model loads. Every stage after it (targets/, onnx_graphs, static_programs, bundle) takes
+the typed Plan. Imports no torch and no target module."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ralu_edge import presets as ralu_presets
+from ralu_edge.errors import UserError
+from ralu_edge.manifest import Resolution
+from ralu_export.families import family_for
+from ralu_export.families.spec import FamilySpec, Geometry, GraphSpec
+from ralu_export.int8_policy import Int8Method, int8_method
+from ralu_export.models import RecordedSampling, recorded_sampling, resolve_model
+from ralu_export.targets import PRECISIONS, TargetSpec, target_spec
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export request (the CLI's arguments). height/width default to the model's native size,
+    presets to the family's defaults."""
+
+    model: str
+    target: str
+    out: Path
+    precision: str = "fp32"
+    height: int | None = None
+    width: int | None = None
+    presets: tuple[str, ...] | None = None
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: the model folder, family, target, geometry, presets and the sampling settings
+    the folder records (sampling.json)."""
+
+    config: ExportConfig
+    source: Path
+    family: FamilySpec
+    target: TargetSpec
+    geometry: Geometry
+    presets: tuple[ralu_presets.RaluPreset, ...]
+    sampling: RecordedSampling = RecordedSampling()
+
+    @property
+    def pipeline_class(self) -> str:
+        return self.family.pipeline_class
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The manifest's classifier-free guidance scale: the model's recorded true_cfg_scale, else the
+        family's default (SD3 7.0 as diffusers; FLUX None, no CFG)."""
+        return self.sampling.true_cfg_scale if self.sampling.guided else self.family.guidance_scale
+
+    @property
+    def resolution(self) -> Resolution:
+        g = self.geometry
+        return Resolution(g.height, g.width, g.latent_height, g.latent_width, g.grid_height, g.grid_width)
+
+    @property
+    def stage_lengths(self) -> tuple[int, ...]:
+        """Every image-token count a denoiser graph must serve, ascending (full resolution included)."""
+        g = self.geometry
+        lengths = {g.grid_height * g.grid_width}
+        for preset in self.presets:
+            lengths.update(preset.stage_lengths(g.grid_height, g.grid_width))
+        return tuple(sorted(lengths))
+
+    def graphs(self) -> list[GraphSpec]:
+        """The family's graphs that the target ships, in declaration order."""
+        return [spec for spec in self.family.graphs if self.target.name in spec.targets]
+
+    def int8_method(self, spec: GraphSpec) -> Int8Method | None:
+        """How this bundle quantizes the graph of `spec`, None for float (int8_policy.py)."""
+        return int8_method(self.target.name, self.config.precision, spec)
+
+
+def plan_export(config: ExportConfig) -> Plan:
+    """Validate everything a user can get wrong, before any model loads; UserError names the fix."""
+    target = target_spec(config.target)
+    if config.precision not in PRECISIONS:
+        raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    _check_out(Path(config.out), config.force)
+    source = resolve_model(config.model)
+    sampling = recorded_sampling(source)
+    family = family_for(json.loads((source / "model_index.json").read_text()).get("_class_name"))
+    vae_config = json.loads((source / "vae" / "config.json").read_text())
+    native = int(vae_config.get("sample_size", 1024))
+    height = native if config.height is None else config.height
+    width = native if config.width is None else config.width
+    geometry = family.geometry(source, height, width)
+    step = geometry.vae_factor * geometry.patch * 2
+    for label, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value < step or value % step:
+            raise UserError(f"{label} {value} is not a positive multiple of {step} (VAE factor "
+                            f"{geometry.vae_factor} x 2x2 packing x 2 for RALU's low-res grid); try {native}.")
+    names = config.presets if config.presets is not None else family.default_presets
+    if not names:
+        raise UserError("no RALU preset requested; pass e.g. --presets flux-4x.")
+    chosen = tuple(ralu_presets.get(name) for name in names)
+    return Plan(config, source, family, target, geometry, chosen, sampling)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
+    if out.exists() and not force:
+        raise UserError(f"--out {out} already exists; pass --force to replace it or choose another folder.")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another path.")
+            break

@@ -1,0 +1,76 @@
+"""Export targets: what each ships, in one table (DESIGN.md "Bundles"), and one module per target named as
+the target (desktop.py, android.py, executorch.py, ios.py), each with `build(plan, root)`. A target module
+imports no other target: what two targets share lives in a stage module (onnx_graphs.py for desktop and
+android, static_programs.py for executorch and ios). Which graphs are int8 is int8_policy.py; how each
+target's graphs are checked is parity.py. The packaging choices cite benchmarks/bench_export_choices.py
+(results in benchmarks/results/export_choices.json)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Optional
+
+from ralu_edge.errors import UserError
+from ralu_edge.manifest import GraphEntry
+
+if TYPE_CHECKING:
+    from ralu_export.plan import Plan
+
+TARGETS = ("desktop", "android", "executorch", "ios")
+PRECISIONS = ("fp32", "int8")
+
+# benchmarks/results/export_choices.json, shapes model, ORT 1.32 CPU EP, 2 threads (this machine kind).
+DYNAMIC_NOTE = (
+    "one session over a dynamic num_image_tokens axis serves all RALU stage lengths: on ORT's CPU EP it "
+    "measured half the memory of one static session per stage (shapes, flux-4x lengths 64/121/256: RSS "
+    "+68 MB vs +139 MB fp32, +53 MB vs +95 MB int8; the EP prepacks the weights once per session, so the gap "
+    "grows with the model) at latency within run-to-run noise (benchmarks/bench_export_choices.py, "
+    "'packaging' table). NPU EPs (NNAPI, QNN, Core ML EP) need static shapes: create one session per stage "
+    "length with SessionOptions.add_free_dimension_override_by_name(token_dim, L) and (rope_token_dim, "
+    "L + text_length); the lengths are in denoiser.stage_lengths."
+)
+STATIC_NOTE = (
+    "one static graph (method or function) per RALU stage length: ExecuTorch's XNNPACK delegate and Core ML "
+    "plan memory per static shape, and Core ML's Neural Engine needs fixed shapes. The weights are stored "
+    "once: XNNPACK shares them between the methods of one .pte (23.4 MB for 3 methods vs 23.0 MB for 1 on "
+    "shapes); Core ML multifunction packages share them between functions."
+)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How one target packages a bundle.
+
+    graph_format: what the runtime loads; packaging: denoiser stage graphs ("dynamic" | "static");
+    placeholder_slots: fixed number of learned-token slots of the text encoders (unused slots take id -1),
+    None for a dynamic (optional) input."""
+
+    name: str
+    graph_format: Literal["onnx", "ort", "pte", "mlpackage"]
+    packaging: Literal["dynamic", "static"]
+    packaging_note: str
+    placeholder_slots: Optional[int] = None
+
+
+TARGET_SPECS: dict[str, TargetSpec] = {
+    "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE),
+    "android": TargetSpec("android", "ort", "dynamic", DYNAMIC_NOTE),
+    "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, placeholder_slots=4),
+    "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, placeholder_slots=4),
+}
+
+
+def target_spec(name: str) -> TargetSpec:
+    """The spec of target `name`; UserError listing the targets otherwise."""
+    if name not in TARGET_SPECS:
+        raise UserError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}.")
+    return TARGET_SPECS[name]
+
+
+def build(plan: "Plan", root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
+    """Export, check and package every graph of the plan's target under `root` (the target's module, imported
+    only now: the targets' libraries are heavy); returns the manifest's graph entries and notes."""
+    module = importlib.import_module(f"ralu_export.targets.{plan.target.name}")
+    return module.build(plan, root)
