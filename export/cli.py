@@ -11,13 +11,15 @@ import sys
 import time
 from pathlib import Path
 
-from ralu_edge.errors import UserError
+from ralu_edge.errors import run_cli
+from ralu_export.families import FAMILIES
+from ralu_export.int8_policy import INT8_BY_DEFAULT
 from ralu_export.parity import rule_text
 from ralu_export.targets import PRECISIONS, TARGETS
 
 DESCRIPTION = """\
-Export a diffusers FLUX pipeline (a local folder, or the built-in `shapes` model) into a bundle folder
-that ralu-edge's runtime runs: the RALU denoiser graph(s) with host-computed RoPE, text encoders that take
+Export a diffusers FLUX or SD3 pipeline (a local folder, or the built-in `shapes` model) into a bundle folder
+that ralu-edge's runtime runs: the RALU denoiser graph(s) with host-computed positions, text encoders that take
 learned-token embeddings, the VAE decoder and encoder, the tokenizers, and ralu_config.json (every file
 with sha256 and size, every graph's inputs and outputs, the RALU presets with their sigma lists and stage
 lengths). Every graph is compared with the torch model at export time; a graph beyond tolerance fails the
@@ -38,24 +40,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ralu-export", description=DESCRIPTION,
                                      formatter_class=_Formatter)
     parser.add_argument("--model", required=True,
-                        help="`shapes` (built in) or the path of a local diffusers FluxPipeline folder")
+                        help="`shapes` (built in) or the path of a local diffusers pipeline folder "
+                             f"({', '.join(FAMILIES)})")
     parser.add_argument("--target", required=True, choices=TARGETS, help="which runtime the bundle is for")
     parser.add_argument("--out", required=True, type=Path,
                         help="bundle folder to create (missing parent folders are created too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="denoiser precision; int8 = per-channel int8 weights (QDQ) on its linear layers, "
-                             "attention stays float. Text encoders are int8 on android/executorch/ios either way")
+                        help="denoiser precision; int8 = per-channel int8 weights on its linear layers, attention "
+                             "stays float. Text encoders are int8 on "
+                             f"{'/'.join(t for t, roles in INT8_BY_DEFAULT.items() if 'text_encoder' in roles)} "
+                             "either way")
     parser.add_argument("--height", type=int, default=None,
                         help="image height in pixels; a multiple of 4 x the VAE factor (default: the model's "
                              "native size, 128 for shapes)")
     parser.add_argument("--width", type=int, default=None, help="image width in pixels (see --height)")
     parser.add_argument("--presets", default=None,
-                        help="comma-separated RALU presets whose stage lengths the bundle must serve "
-                             "(default for FLUX: flux-4x,flux-5x,flux-7x)")
+                        help="comma-separated RALU presets whose stage lengths the bundle must serve (default: "
+                             "the family's, " + "; ".join(f"{f.name}: {','.join(f.default_presets)}"
+                                                          for f in FAMILIES.values()) + ")")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing --out folder (only once the new bundle is complete)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object instead of the path")
-    parser.add_argument("--quiet", action="store_true", help="print errors only: no progress, no parity table (the JSON or the path still goes to stdout)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print errors only: no progress, no parity table (the JSON or the path still goes to "
+                             "stdout)")
     return parser
 
 
@@ -109,6 +117,12 @@ def quiet_third_party_output() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_cli(lambda: export(args), interrupted="interrupted; no bundle was written")
+
+
+def export(args: argparse.Namespace) -> int:
+    """Build the bundle the arguments describe and print the result; 1 when an exported graph fails its check
+    (the exporter's fault, not the user's)."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_third_party_output()
     logging.getLogger("ralu_export").setLevel(logging.ERROR if args.quiet else logging.INFO)
@@ -123,15 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         out = build_bundle(config)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ParityError, TokenizerMismatch) as e:  # the exporter's fault, not the user's: status 1
+    except (ParityError, TokenizerMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; no bundle was written", file=sys.stderr)
-        return 130
     manifest = read_manifest(out)
     if not args.quiet:
         print(parity_table(manifest), file=sys.stderr)
