@@ -61,16 +61,23 @@ class TwoNodeCluster:
         return self
 
     def pids(self) -> list[int]:
-        """Live processes of this cluster."""
-        out = []
+        """Live processes of this cluster: the `ray start` groups' daemons and their descendants (Ray puts each
+        worker process in a process group of its own, under its node's raylet)."""
+        parents, groups = {}, {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if os.getpgid(int(entry.name)) in self.groups:
-                        out.append(int(entry.name))
-                except ProcessLookupError:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
                     continue
-        return out
+                parents[int(entry.name)], groups[int(entry.name)] = int(fields[1]), int(fields[2])
+        members = {pid for pid, group in groups.items() if group in self.groups}
+        grew = True
+        while grew:
+            children = {pid for pid, parent in parents.items() if parent in members} - members
+            members |= children
+            grew = bool(children)
+        return sorted(members)
 
     def process_titled(self, title: str) -> int | None:
         """The pid of this cluster's process whose title (Ray's `ray::<task name>`) is `title`."""
@@ -84,9 +91,9 @@ class TwoNodeCluster:
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for group in self.groups:
+            for pid in self.pids():
                 try:
-                    os.killpg(group, sig)
+                    os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + 10
@@ -204,24 +211,24 @@ def _checkpoint_step(folder: Path) -> int | None:
 
 
 def test_two_nodes_batch_personalization_resumes_a_killed_users_checkpoint(cluster, desktop_bundle, tmp_path):
-    steps = ["--steps", "24", "--checkpoint-every", "2"]
+    steps = ["--steps", "40", "--checkpoint-every", "2"]
     users = []
-    for user in ("alice", "bob"):
-        users.append({"user": user, "images": str(random_image_folder(tmp_path / user)), "token": f"<{user}>",
-                      "init_word": "square"})
+    for user, photos in (("alice", 2), ("bob", 3)):
+        users.append({"user": user, "images": str(random_image_folder(tmp_path / user, photos)),
+                      "token": f"<{user}>", "init_word": "square"})
     (tmp_path / "users.jsonl").write_text("".join(json.dumps(u) + "\n" for u in users))
     out = tmp_path / "out"
     checkpoint = out / "alice" / "learned_embeds.safetensors.checkpoint"
     job = _fleet("personalize", "--bundle", str(desktop_bundle), "--manifest", str(tmp_path / "users.jsonl"),
                  "--out", str(out), "--address", cluster.address, "--workers", "2", *steps)
-    killed = _kill_when(lambda: (s if (s := _checkpoint_step(checkpoint)) is not None and s >= 4 else None),
+    killed = _kill_when(lambda: (s if (s := _checkpoint_step(checkpoint)) is not None and s >= 6 else None),
                         lambda: cluster.process_titled("ray::ralu-personalize:alice"))
     stdout, stderr = job.communicate(timeout=1800)
     assert job.returncode == 0, stderr[-3000:]
     assert "pid" in killed, "alice finished before her worker could be killed"
     summary = {u["user"]: u for u in json.loads((out / "summary.json").read_text())["users"]}
-    assert summary["alice"]["resumed_from"] >= killed["state"] >= 4  # from her checkpoint, not from step 0
-    assert summary["bob"]["resumed_from"] == 0 and summary["alice"]["steps"] == summary["bob"]["steps"] == 24
+    assert summary["alice"]["resumed_from"] >= killed["state"] >= 6  # from her checkpoint, not from step 0
+    assert summary["bob"]["resumed_from"] == 0 and summary["alice"]["steps"] == summary["bob"]["steps"] == 40
 
     for u in users:  # the single-process path: ralu-personalize, one ORT thread as each 1-CPU task
         reference = tmp_path / f"{u['user']}.safetensors"
@@ -236,8 +243,10 @@ def test_two_nodes_batch_export_survives_a_killed_task_and_equals_ralu_export(cl
     out = tmp_path / "out"
     job = _fleet("export", "--model", "shapes", "--target", "desktop", "--out", str(out),
                  "--address", cluster.address, "--cpus-per-worker", "1")
-    killed = _kill_when(lambda: next(iter((out / "shapes").glob("desktop.tmp-*")), None) if (out / "shapes").is_dir()
-                        else None, lambda: cluster.process_titled("ray::ralu-export:shapes/desktop"))
+    def graphs_being_written():  # the first attempt is killed once its temporary bundle holds a graph
+        return next(iter((out / "shapes").glob("desktop.tmp-*/*/*.onnx")), None) if (out / "shapes").is_dir() else None
+
+    killed = _kill_when(graphs_being_written, lambda: cluster.process_titled("ray::ralu-export:shapes/desktop"))
     stdout, stderr = job.communicate(timeout=1800)
     assert job.returncode == 0, stderr[-3000:]
     assert "pid" in killed, "the export finished before its worker could be killed"
@@ -255,8 +264,9 @@ def test_two_nodes_batch_export_survives_a_killed_task_and_equals_ralu_export(cl
     assert bundle_hashes(out / "shapes" / "desktop") == bundle_hashes(reference)
 
 
-def test_cluster_processes_are_all_in_the_fixtures_groups(cluster):
-    """What the fixture stops is the whole cluster: its two raylets are in the process groups it signals."""
-    raylets = [pid for pid in cluster.pids() if b"raylet" in Path(f"/proc/{pid}/cmdline").read_bytes()[:200]]
+def test_the_fixture_sees_both_nodes_and_their_workers(cluster, driver):
+    """What the fixture stops is the whole cluster: both raylets, and a worker process running a task."""
+    raylets = [pid for pid in cluster.pids() if b"/raylet" in Path(f"/proc/{pid}/cmdline").read_bytes()[:300]]
     assert len(raylets) == 2
-    assert all(os.getpgid(p) in cluster.groups for p in raylets)
+    worker = ray.get(ray.remote(num_cpus=1)(lambda: os.getpid()).remote())
+    assert worker in cluster.pids() and os.getpgid(worker) not in cluster.groups
