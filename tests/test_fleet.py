@@ -186,5 +186,11 @@ def test_fleet_eval_on_two_actors_equals_the_single_process_path(desktop_bundle,
     (s_scores, s_groups), (r_scores, r_groups) = scoring.score(plan, serial.rows), scoring.score(plan, ray_run.rows)
     assert s_scores == r_scores and s_groups == r_groups
     assert scoring.format_table(plan, s_groups) == scoring.format_table(plan, r_groups)
+    # ralu-eval over the same bundle, mode, seed and prompts (its single-process path) scores the same.
+    from ralu_export.eval.cli import evaluate_bundle
+
+    single = evaluate_bundle(desktop_bundle, "ralu-7x", 6, 3, limit=2, threads=1)
+    assert {k: r_groups[1][k] for k in single if k.endswith("accuracy") or k.startswith("attribute_accuracy")} == \
+        {k: v for k, v in single.items() if k.endswith("accuracy") or k.startswith("attribute_accuracy")}
     assert [g["mode"] for g in r_groups] == ["baseline", "ralu-7x"]
     assert "psnr_median_db" not in r_groups[0] and np.isfinite(r_groups[1]["psnr_median_db"])

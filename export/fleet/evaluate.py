@@ -10,10 +10,9 @@ driver; the driver still checks that every image of the grid came back exactly o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
-from ralu_edge.errors import UserError
 from ralu_export.fleet.generate import PipelinePool, generate_row, worker_name
 from ralu_export.fleet.grid import EvalPlan, task_key
 
@@ -29,7 +28,6 @@ class Run:
     path: str  # "serial" or "ray"
     workers: int
     cpus_per_worker: int
-    notes: dict = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -99,8 +97,3 @@ def complete(plan: EvalPlan, rows: list[dict]) -> list[dict]:
         raise RuntimeError(f"fleet eval returned {len(keys)} rows for {len(expected)} images: missing "
                            f"{sorted(missing)[:5]}, duplicated {sorted(duplicated)[:5]}")
     return sorted(rows, key=task_key)
-
-
-def check_threads(threads: int) -> None:
-    if threads < 1:
-        raise UserError(f"--cpus-per-worker must be at least 1, got {threads}.")
