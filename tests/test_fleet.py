@@ -194,3 +194,35 @@ def test_fleet_eval_on_two_actors_equals_the_single_process_path(desktop_bundle,
         {k: v for k, v in single.items() if k.endswith("accuracy") or k.startswith("attribute_accuracy")}
     assert [g["mode"] for g in r_groups] == ["baseline", "ralu-7x"]
     assert "psnr_median_db" not in r_groups[0] and np.isfinite(r_groups[1]["psnr_median_db"])
+
+
+def test_a_mistake_only_a_worker_sees_is_one_sentence_on_the_driver(desktop_bundle, local_ray, tmp_path):
+    """A bundle gone after planning fails in the actor (Ray Data passes the driver only text), and a user whose init
+    word is two tokens fails in a Ray task: both reach the driver as the runtime's UserError sentence."""
+    from ralu_export.fleet import evaluate, personalize
+    from ralu_runtime.personalize import PersonalizeConfig
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(desktop_bundle, copy)
+    plan = grid.plan_eval([copy], "baseline", "none", 1, "0", 2)
+    shutil.rmtree(copy)
+    with pytest.raises(UserError, match="no such bundle folder"):
+        evaluate.run_on_ray(plan, workers=1)
+
+    job = personalize.UserJob("carol", random_image_folder(tmp_path / "photos"), "<carol>", "two words")
+    done = personalize.run_on_ray(str(desktop_bundle), [job], tmp_path / "out", PersonalizeConfig(steps=2), workers=1)
+    assert done == [{"user": "carol", "error": done[0]["error"]}] and "init word 'two words' is" in done[0]["error"]
+
+
+def test_paths_reach_the_workers_absolute(desktop_bundle, tmp_path, monkeypatch):
+    """Ray workers do not run in the driver's working directory, so every path a job hands them is absolute."""
+    from ralu_export.fleet import batch_export, personalize
+
+    monkeypatch.chdir(desktop_bundle.parent)
+    plan = grid.plan_eval([Path(desktop_bundle.name)], "baseline", "none", 1, "0", 2)
+    assert plan.bundles[0].path == desktop_bundle.resolve()
+    monkeypatch.chdir(tmp_path)
+    random_image_folder(tmp_path / "photos")
+    Path("users.jsonl").write_text(json.dumps({"user": "a", "images": "photos", "token": "<a>", "init_word": "x"}))
+    assert personalize.read_users(Path("users.jsonl"))[0].images == tmp_path.resolve() / "photos"
+    assert batch_export.parse_models(["shapes", "m=pipe"]) == [("shapes", "shapes"), ("m", str(tmp_path / "pipe"))]

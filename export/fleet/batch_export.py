@@ -41,6 +41,7 @@ class ExportJob:
 
 def parse_models(specs: list[str]) -> list[tuple[str, str]]:
     """`--model` values -> (name, model): `shapes`, `PATH` (named after its folder) or `NAME=PATH`."""
+    from ralu_export import BUILTIN_MODELS
     from ralu_export.fleet.personalize import USER_ID
 
     if not specs:
@@ -50,6 +51,8 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
         name, sep, model = spec.partition("=")
         if not sep:
             name, model = Path(spec.rstrip("/")).name, spec
+        if model not in BUILTIN_MODELS:  # a folder: absolute, since workers have their own working directory
+            model = str(Path(model).resolve())
         if not USER_ID.fullmatch(name):
             raise UserError(f"--model {spec!r}: {name!r} cannot be a folder name; write NAME=PATH with a NAME of "
                             "letters, digits, '.', '_' and '-'.")

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.out = args.out.resolve()  # Ray workers do not share this process's working directory
     return run_cli(lambda: JOBS[args.job](args))
 
 
@@ -186,7 +187,7 @@ def personalize_job(args) -> None:
     jobs = personalize.read_users(args.manifest)
     personalize.check_out(args.out, jobs)
     open_bundle(args.bundle)  # a missing or tampered bundle is refused here, not once per user
-    bundle = str(args.bundle)
+    bundle = str(args.bundle.resolve())
     load_start = os.getloadavg()[0]
     with connected(args.address, args.num_cpus), user_errors_unwrapped():
         workers = _workers(args)

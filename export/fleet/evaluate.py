@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ralu_edge.errors import UserError
 from ralu_export.fleet.generate import PipelinePool, generate_row, worker_name
 from ralu_export.fleet.grid import EvalPlan, task_key
 
@@ -80,6 +81,8 @@ def generate_rows(plan: EvalPlan, workers: int, cpus_per_worker: int, on_row: On
         compute=ray.data.ActorPoolStrategy(size=workers))
     rows = []
     for row in dataset.iter_rows():
+        if row.get("error"):
+            raise UserError(row["error"])
         rows.append({k: plain(v) for k, v in row.items()})
         if on_row is not None:
             on_row(rows[-1])

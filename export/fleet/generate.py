@@ -100,8 +100,15 @@ class GenerateImages:
         self.pool = PipelinePool(max(1, int(cpus)), worker_name(ray_worker_tag()))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        """A user's mistake that only a worker can see (a bundle path missing on its node) comes back as a
+        one-column row {"error": sentence}: Ray Data hands the driver a UserError raised here only as text."""
+        from ralu_edge.errors import UserError
+
         count = len(next(iter(batch.values())))
-        rows = [generate_row(self.pool, {k: plain(v[i]) for k, v in batch.items()}) for i in range(count)]
+        try:
+            rows = [generate_row(self.pool, {k: plain(v[i]) for k, v in batch.items()}) for i in range(count)]
+        except UserError as e:
+            return {"error": [str(e)]}
         return {k: [r[k] for r in rows] for k in rows[0]}
 
 

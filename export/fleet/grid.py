@@ -40,7 +40,7 @@ class BundleEntry:
     """One bundle of the grid: its index in the grid (a stable short name for outputs), path and chosen modes."""
 
     index: int
-    path: Path
+    path: Path  # absolute: Ray workers do not share the driver's working directory
     modes: tuple[str, ...]
 
     @property
@@ -134,6 +134,6 @@ def plan_eval(bundles: list[Path], modes: str, caches: str, limit: int, seeds: s
             if missing:
                 raise UserError(f"{path}: mode {missing[0]!r} is not in this bundle; choose from "
                                 f"{', '.join(available)} (or --modes all).")
-        entries.append(BundleEntry(index, path, available if wanted is None else wanted))
+        entries.append(BundleEntry(index, path.resolve(), available if wanted is None else wanted))
     prompts = tuple(caption_for(s) for s in scenes[:limit or None])
     return EvalPlan(tuple(entries), cache_names, prompts, seed_values, steps)

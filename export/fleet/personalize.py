@@ -78,8 +78,7 @@ def read_users(manifest: Path) -> list[UserJob]:
         seen.add(user)
         if any(c.isspace() for c in entry["token"]):
             raise UserError(f"{where}: token {entry['token']!r} contains whitespace; use one word such as '<my-cat>'.")
-        images = Path(entry["images"])
-        images = images if images.is_absolute() else manifest.parent / images
+        images = manifest.parent.resolve() / entry["images"]  # absolute: workers have their own working directory
         if not images.is_dir():
             raise UserError(f"{where}: {images} is not a folder; point `images` at a folder of 1-20 photos.")
         count = sum(1 for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
