@@ -80,6 +80,8 @@ REFUSALS = {
                                "--out", "OUT"], "toaster"),
     "export-same-name-twice": (["export", "--model", "shapes", "--model", "x/shapes", "--target", "desktop",
                                 "--address", "serial", "--out", "OUT"], "both named 'shapes'"),
+    "nothing-at-the-address": (["export", "--model", "shapes", "--target", "desktop", "--address", "127.0.0.1:1",
+                                "--out", "OUT"], "nothing answers at --address 127.0.0.1:1"),
     "export-force-and-skip": (["export", "--model", "shapes", "--target", "desktop", "--force", "--skip-existing",
                                "--address", "serial", "--out", "OUT"], "pass one of them"),
 }

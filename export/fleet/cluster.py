@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -44,6 +45,8 @@ def connected(address: str, num_cpus: int | None = None) -> Iterator[None]:
         yield
         return
     ray = import_ray()
+    if address not in ("auto", "local"):
+        check_reachable(address)
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
         if address == "local":
@@ -58,6 +61,17 @@ def connected(address: str, num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """UserError unless something accepts a TCP connection at HOST:PORT (ray.init would retry an address where
+    nothing listens for minutes before giving up)."""
+    host, port = address.removeprefix("ray://").rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"nothing answers at --address {address} ({getattr(e, 'strerror', None) or e}); start the "
+                        "cluster with `ray start --head`, or use --address local.") from None
 
 
 def quiet_ray_data() -> None:
