@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,38 @@ def _pixels_sha(path: Path) -> str:
     return hashlib.sha256(np.asarray(Image.open(path)).tobytes()).hexdigest()
 
 
+def _canonical_sha(bundle: Path, rel: str) -> str:
+    """sha256 of what a file means rather than of bytes that no export reproduces: an ONNX graph without the
+    exporter's per-node `pkg.torch.onnx.stack_trace` metadata (source paths and line numbers of the code that
+    traced it, so any edit above a traced line changes it), a text report without the export's temporary
+    folder name, and for `.ort` files only the size: ONNX Runtime's converter writes different bytes for the
+    same ONNX file on every run (checked: two conversions of one graph differ from byte 53), so their
+    behaviour is checked by the images instead."""
+    path = bundle / rel
+    if rel.endswith(".onnx"):
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        for node in model.graph.node:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    if rel.endswith(".ort"):
+        return f"ort size {path.stat().st_size}"
+    if rel.endswith((".txt", ".config")):
+        text = re.sub(r"\S*\.tmp-[a-z0-9_]+", "<tmp>", path.read_text())
+        return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _bundle_files(bundle: Path) -> dict[str, str]:
+    """Every file of the bundle: its canonical sha256 (see _canonical_sha); the manifest without its file
+    list, whose sha256 entries follow the raw bytes."""
     manifest = json.loads((bundle / "ralu_config.json").read_text())
-    files = {entry["path"]: entry["sha256"] for entry in manifest["files"]}
-    files["ralu_config.json"] = hashlib.sha256((bundle / "ralu_config.json").read_bytes()).hexdigest()
+    files = {entry["path"]: _canonical_sha(bundle, entry["path"]) for entry in manifest["files"]}
+    manifest.pop("files")
+    files["ralu_config.json (without files)"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return files
 
 
@@ -72,6 +101,10 @@ def _images_ort(bundle: Path, out: Path) -> dict[str, str]:
     result = {}
     for mode in _modes(bundle):
         folder = out / mode
+        done = sorted(folder.glob("*.png"))
+        if len(done) == len(PROMPTS):  # a rerun of the same --work re-hashes what it wrote
+            result.update({f"{mode}/{i}": _pixels_sha(path) for i, path in enumerate(done)})
+            continue
         raw = _run([_bin("ralu-run"), "--bundle", str(bundle), "--mode", mode, "--steps", "8", "--seed", "3",
                     "--threads", "1", "--out", str(folder), "--json", "--no-progress",
                     *[a for p in PROMPTS for a in ("--prompt", p)]])
