@@ -2,9 +2,9 @@
 (ralu-export's library): built in OUT/<name>/<target>.tmp-* and renamed into place when complete, so a task whose
 worker dies leaves no bundle, and its retry (or the next export to that path) removes the temporary folder it left.
 
-Every request is validated by ralu-export's own `plan_export` before any task starts, so a bad model, target or
-output path is one sentence and nothing is written. A retried task whose bundle is already in place (its previous
-attempt died after publishing it) reports that bundle instead of failing on an existing --out.
+Every request is validated by ralu-export's own `plan_export` (ralu_export.plan) before any task starts, so a bad
+model, target or output path is one sentence and nothing is written. A retried task whose bundle is already in
+place (its previous attempt died after publishing it) reports that bundle instead of failing on an existing --out.
 
 Export tasks run in worker processes started with PYTHONHASHSEED=EXPORT_HASH_SEED: torch.export writes its
 range-constraint metadata into the .onnx files in an order that follows Python's per-process string hashing
@@ -68,7 +68,7 @@ def plan_exports(models: list[str], targets: list[str], out: Path, precision: st
                  skip_existing: bool) -> tuple[list[ExportJob], list[ExportJob]]:
     """(jobs to run, jobs skipped because their bundle exists and skip_existing) after ralu-export's own
     validation of every request; UserError names the first problem."""
-    from ralu_export.bundle import ExportConfig, plan_export
+    from ralu_export.plan import ExportConfig, plan_export
 
     if not targets:
         raise UserError("no --target given; pass e.g. --target desktop (repeat for several).")
@@ -98,7 +98,8 @@ def export_one(job: ExportJob, precision: str, force: bool, fresh: bool, threads
     own, published by an attempt that died before reporting."""
     import torch
 
-    from ralu_export.bundle import ExportConfig, build_bundle
+    from ralu_export.bundle import build_bundle
+    from ralu_export.plan import ExportConfig
 
     started = time.perf_counter()
     torch.set_num_threads(threads)

@@ -19,10 +19,12 @@ from ralu_export.fleet.grid import CACHE_SETTINGS
 
 
 def live_ort_sessions() -> int:
-    """ONNX Runtime sessions alive in this process (every session the runtime opens is one of these objects)."""
+    """ONNX Runtime sessions alive in this process (every session the runtime opens is one of these objects). By
+    exact type: isinstance would ask every tracked object for its __class__, which some of torch's deprecated
+    objects answer with a warning."""
     import onnxruntime as ort
 
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, ort.InferenceSession))
+    return sum(1 for obj in gc.get_objects() if type(obj) is ort.InferenceSession)
 
 
 class PipelinePool:
