@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             personalize_benchmark(args, env)
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
     return 0
 
 
