@@ -16,12 +16,12 @@ from ralu_export.families.spec import GraphSpec
 
 Int8Method = Literal["weight_qdq", "xnnpack_dynamic", "coreml_weight_int8"]
 
-# weight_qdq for int8 ORT graphs (bench 'int8 text encoders' / 'int8 denoiser' tables, shapes): the best output
-# cosine of the three methods (denoiser 0.99999 vs 0.9999 dynamic, 0.9997 static QDQ), the best image PSNR
-# vs fp32 (18-step baseline: 44 dB vs 37 / 15 dB), the smallest files (7.3 MB vs 12.1 MB dynamic, 24.2 fp32),
-# and float activations, so zeroth-order personalization through the int8 graphs still sees the loss move
-# (zo fd cos 0.999 vs ~0 for dynamic and static QDQ, which quantize activations). Its price: 1.3-1.6x the
-# fp32 latency on this AVX2 CPU (weights dequantized per run); dynamic int8 is 1.6x faster than fp32 but W8A8.
+# weight_qdq for int8 ORT graphs, chosen by benchmarks/bench_export_choices.py (results/export_choices.json,
+# tables `text_encoders` and `denoiser`, shapes): of the three methods it gives the best output cosine, the best
+# image PSNR against fp32 and the smallest files, and it keeps activations float, so zeroth-order
+# personalization through the int8 graphs still sees the loss move (dynamic and static QDQ quantize
+# activations and flatten the ZO finite differences). Its price, recorded there too: it is slower than fp32 on
+# an AVX2 CPU (weights dequantized per run), while dynamic int8 is faster but W8A8.
 _ORT = {"denoiser": "weight_qdq", "denoiser_ids": "weight_qdq", "text_encoder": "weight_qdq"}
 
 INT8_METHODS: dict[str, dict[str, Int8Method]] = {  # target -> graph role -> method

@@ -22,13 +22,12 @@ STAYS_ONNX_NOTE = (
     "mapping); ONNX Runtime Android loads it with a full (not minimal) build, and its operators are not in "
     "required_operators.config")
 
-# benchmarks/bench_large_weights.py (results/large_weights.json), 2.69 GB FLUX denoiser, ORT 1.32 CPU EP: with
-# prepacking (ORT's default) the session copies every MatMul weight into packed anonymous memory (RssAnon 2.6 GB
-# after a step, 2.5 s to load); without it the weights stay memory-mapped from model.onnx_data (RssAnon 0.08 GB,
-# RssFile 2.6 GB, 0.1 s to load). Peak RSS is the same (1.05x the weights); a step at 64 tokens took 1.27 s
-# instead of 1.05 s (+20 %). Clean file-backed pages are what a phone can reclaim under memory pressure instead
-# of killing the app, so graphs that stay .onnx on android run without prepacking, at that price; desktop
-# bundles keep ORT's default.
+# Measured by benchmarks/bench_large_weights.py (results/large_weights.json, a 2.69 GB FLUX denoiser): with
+# prepacking (ORT's default) the session copies every MatMul weight into packed anonymous memory; without it
+# the weights stay memory-mapped from model.onnx_data, load much faster, at the same peak RSS, for a slower
+# step. Clean file-backed pages are what a phone can reclaim under memory pressure instead of killing the
+# app, so graphs that stay .onnx on android run without prepacking, at that price; desktop bundles keep
+# ORT's default.
 STAYS_ONNX_SESSION_CONFIG = {"session.disable_prepacking": "1"}
 
 
@@ -107,8 +106,9 @@ def _convert_fixed_arm(root: Path, session_config: dict[str, str]) -> None:
 
 
 # onnxruntime's full usability check optimizes the model into a second copy, loads that into Python and runs
-# shape inference on a third: ~4x the graph in memory, which for an int8 FLUX-class denoiser (0.7 GB here)
-# raised the whole export's peak RSS from 1.3x to 1.74x the fp32 weights (bench_large_weights.py --int8).
+# shape inference on a third: several copies of the graph in memory, which for an int8 FLUX-class denoiser
+# raised the whole export's peak RSS well above the fp32 weights (bench_large_weights.py --int8,
+# results/large_weights.json).
 # Graphs from this size on get the weightless analysis.
 WEIGHTLESS_USABILITY_BYTES = 256 * 1024**2
 

@@ -1,7 +1,8 @@
 """The executorch target: one `.pte` program per component, lowered to XNNPACK (ExecuTorch's aot_compiler
 stages: torch.export -> optional pt2e int8 -> to_edge_transform_and_lower -> to_executorch -> save), its
 methods as static_programs lays them out (the denoiser's `denoise_<L>` per stage length share one copy of
-the weights: 23.4 MB for 3 methods vs 23.0 MB for one, on shapes). int8 is XNNPACK's dynamic per-channel
+the weights, so a program with every stage is barely larger than one with a single method; nothing in
+benchmarks/results records the comparison, so the numbers once quoted here are gone). int8 is XNNPACK's dynamic per-channel
 scheme where the int8 policy says so; every method is run in executorch's Python runtime and compared with
 torch."""
 
