@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -24,19 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import measure
+from measure import load_average, rotated
+
 CONFIGS = ("serial", "ray-1", "ray-2")
-
-
-def rotated(items: tuple, index: int) -> list:
-    k = index % len(items)
-    return list(items[k:] + items[:k])
 
 
 def eval_run(config: str, plan) -> dict:
     from ralu_export.fleet import evaluate
     from ralu_export.fleet.results import worker_summary
 
-    load = os.getloadavg()[0]
+    load = load_average()[0]
     arrivals: list[float] = []
     on_row = lambda row: arrivals.append(time.perf_counter())  # noqa: E731
     run = evaluate.run_serial(plan, threads=1, on_row=on_row) if config == "serial" else \
@@ -45,7 +42,7 @@ def eval_run(config: str, plan) -> dict:
             "images_per_second": run.images_per_second,
             "steady_images_per_second": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]),
             "load_average_before": load,
-            "load_average_after": os.getloadavg()[0],
+            "load_average_after": load_average()[0],
             "seconds_per_image_median": statistics.median(r["seconds_total"] for r in run.rows),
             "workers": worker_summary(run.rows), "hashes": [r["image_sha256"] for r in run.rows]}
 
@@ -55,7 +52,7 @@ def personalize_run(config: str, bundle: str, jobs, settings) -> dict:
 
     from ralu_export.fleet import personalize
 
-    load = os.getloadavg()[0]
+    load = load_average()[0]
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as out:
         started = time.perf_counter()
         if config == "serial":
@@ -65,7 +62,7 @@ def personalize_run(config: str, bundle: str, jobs, settings) -> dict:
         seconds = time.perf_counter() - started
         hashes = [hashlib.sha256(Path(r["embeddings"]).read_bytes()).hexdigest() for r in done]
     return {"config": config, "seconds": seconds, "users": len(done), "users_per_minute": 60 * len(done) / seconds,
-            "load_average_before": load, "load_average_after": os.getloadavg()[0], "hashes": hashes,
+            "load_average_before": load, "load_average_after": load_average()[0], "hashes": hashes,
             "workers": sorted({r["worker"] for r in done})}
 
 
@@ -87,7 +84,7 @@ def machine_headroom() -> dict:
 
     one, two = wall(1), wall(2)
     return {"one_seconds": one, "two_seconds": two, "capacity_2_vs_1": 2 * one / two,
-            "load_average": os.getloadavg()[0]}
+            "load_average": load_average()[0]}
 
 
 def summarize(runs: list[dict], rate: str) -> dict:
@@ -126,13 +123,8 @@ def table(title: str, summary: dict, rate: str, unit: str) -> str:
 
 
 def environment(args) -> dict:
-    import onnxruntime
-    import ray
-
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "ray": ray.__version__, "onnxruntime": onnxruntime.__version__, "bundle": str(args.bundle),
-            "repeats": args.repeats, "cluster": "ray.init(num_cpus=2): one node, this machine",
-            "load_average_start": os.getloadavg()}
+    return {**measure.environment(None, ("ray", "onnxruntime")), "bundle": str(args.bundle),
+            "repeats": args.repeats, "cluster": "ray.init(num_cpus=2): one node, this machine"}
 
 
 def write(path: Path, payload: dict) -> None:
