@@ -1,4 +1,4 @@
-"""Measurements behind ralu-export's choices (export/targets.py), on the built-in `shapes` model, ORT CPU EP.
+"""Measurements behind ralu-export's choices (export/int8_policy.py, export/targets/), on the built-in `shapes` model, ORT CPU EP.
 
 1. packaging: one session over the dynamic-token denoiser vs one static session per RALU stage length
    (flux-4x at 128 px: 64 / 121 / 256 tokens) vs per-stage sessions pinned from the dynamic graph with
@@ -130,7 +130,7 @@ def export_graphs(work: Path) -> dict:
     """fp32 ONNX graphs of the shapes model (denoiser, both text encoders, VAE decoder) and the torch modules."""
     from ralu_export import examples, onnx_export
     from ralu_export.families import FLUX, boundary_module
-    from ralu_export.graph_build import EXAMPLE_PROMPT
+    from ralu_export.examples import EXAMPLE_PROMPT
     from ralu_export.models import load_flux_pipeline, resolve_model
     from ralu_export.onnx_files import save_sharing_weights
 
@@ -180,7 +180,8 @@ def variants(name: str, proto, folder: Path, calibration) -> dict[str, tuple[Pat
 
 # ----------------------------------------------------------------------------------------------- sections
 def bench_text_encoders(exported: dict, work: Path, repeats: int, threads: int) -> list[dict]:
-    from ralu_export.onnx_files import compare_outputs, ort_runner
+    from ralu_export.onnx_files import ort_runner
+    from ralu_export.parity import compare_outputs
 
     pipe, rows = exported["pipe"], []
     for name, tokenizer in (("text_encoder", pipe.tokenizer), ("text_encoder_2", pipe.tokenizer_2)):
@@ -249,7 +250,8 @@ def sample_images(denoiser, pipe, prompts: list[str], kind: str) -> np.ndarray:
 
 
 def bench_denoiser(exported: dict, work: Path, repeats: int, threads: int) -> tuple[list[dict], dict]:
-    from ralu_export.onnx_files import compare_outputs, ort_runner
+    from ralu_export.onnx_files import ort_runner
+    from ralu_export.parity import compare_outputs
 
     reference = torch_reference(exported["modules"]["denoiser"])
     calibration = [denoiser_feeds(length, seed) for length in LENGTHS for seed in (1, 2)]

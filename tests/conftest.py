@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _export_inputs_digest(target: str, precision: str) -> str:
     """Hash of what a bundle export depends on, so a cached bundle is rebuilt when any of it changes."""
     h = hashlib.sha256(f"{target}/{precision}".encode())
-    for path in sorted((ROOT / "export").glob("*.py")) + sorted((ROOT / "ralu_edge").glob("*.py")):
+    for path in sorted((ROOT / "export").rglob("*.py")) + sorted((ROOT / "ralu_edge").rglob("*.py")):
         h.update(path.read_bytes())
     h.update((ROOT / "export" / "builtin" / "shapes" / "model_index.json").read_bytes())
     return h.hexdigest()[:16]
