@@ -85,7 +85,7 @@ def plan_export(config: ExportConfig) -> Plan:
     target = target_spec(config.target)
     if config.precision not in PRECISIONS:
         raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
-    _check_out(Path(config.out), config.force)
+    check_out(Path(config.out), config.force)
     source = resolve_model(config.model)
     sampling = recorded_sampling(source)
     family = family_for(json.loads((source / "model_index.json").read_text()).get("_class_name"))
@@ -106,7 +106,8 @@ def plan_export(config: ExportConfig) -> Plan:
     return Plan(config, source, family, target, geometry, chosen, sampling)
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out(out: Path, force: bool) -> None:
+    """UserError, before any work, for an --out that this run may not replace (ralu-export, ralu-fleet)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
     if out.exists() and not force:

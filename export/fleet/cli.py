@@ -142,10 +142,11 @@ def eval_job(args) -> None:
     from ralu_export.fleet import evaluate, results, scoring
     from ralu_export.fleet.cluster import connected, progress, user_errors_unwrapped
     from ralu_export.fleet.grid import plan_eval
+    from ralu_export.plan import check_out
 
     _check_common(args)
     plan = plan_eval(args.bundle, args.modes, args.cache, args.limit, args.seeds, args.steps)
-    results.check_out(args.out, args.force)
+    check_out(args.out, args.force)  # the same refusals as ralu-export's --out
     load_start = os.getloadavg()[0]
     with connected(args.address, args.num_cpus), user_errors_unwrapped():
         workers = _workers(args)

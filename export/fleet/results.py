@@ -25,19 +25,6 @@ RESULT_COLUMNS = ("bundle_index", "bundle", "cache", "mode", "seed", "prompt_ind
                   "colour_correct", "position_correct", "psnr_db", "ssim")
 
 
-def check_out(out: Path, force: bool) -> None:
-    """UserError, before any work, for an --out that this run may not replace."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file, not a folder; choose a folder path.")
-    if out.exists() and not force:
-        raise UserError(f"--out {out} already exists; pass --force to replace it or choose another folder.")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another path.")
-            break
-
-
 def png_path(plan: EvalPlan, row: dict) -> str:
     bundle = plan.bundles[row["bundle_index"]]
     return f"images/{bundle.label}/{row['cache']}/{row['mode']}/s{row['seed']}-p{row['prompt_index']:03d}.png"
