@@ -368,6 +368,21 @@ class ExporterInfo:
 
 
 @dataclass(frozen=True)
+class CacheCalibration:
+    """TeaCache's rescale fitted for this model at export time (ralu_edge.cache, issue 16): the output's relative
+    L1 change ≈ c0·(relative L1 change of the seam's input tokens) + c1·(σ step) + c2, least squares over every
+    call but the first of each stage of `runs` full (uncached) sampling runs of `prompts` prompts through this
+    bundle's own denoiser; r2 is the fit's coefficient of determination on those samples."""
+
+    signal: Literal["input_rel_l1,sigma_step"]
+    coefficients: tuple[float, float, float]
+    prompts: tuple[str, ...]
+    runs: tuple[str, ...]
+    samples: int
+    r2: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The whole `ralu_config.json`. Cross-references are checked on construction: every graph file and
     data file is listed in `files`, every encoder/stage names an existing graph, and every placeholder
@@ -390,6 +405,7 @@ class Manifest:
     presets: tuple[PresetEntry, ...]
     files: tuple[FileEntry, ...]
     notes: dict[str, str] = field(default_factory=dict)
+    cache: Optional[CacheCalibration] = None  # None: exported before issue 16, or a target not calibrated
 
     def __post_init__(self) -> None:
         if self.format != BUNDLE_FORMAT:
