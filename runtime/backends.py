@@ -47,11 +47,19 @@ class OrtDenoiser:
         self._positions = PositionFeedCache(self._feeds)
         self._sessions: dict[str, object] = {}
 
-    def _session(self, num_tokens: int):
-        name = self._denoiser.graph_for(num_tokens)
+    def open(self) -> None:
+        """Open every denoiser graph's session now (a Pipeline does, so that session creation is load time,
+        not the first step's); without it, or after `release`, sessions open at their first call."""
+        for stage in self._denoiser.stage_graphs:
+            self._open(stage.graph)
+
+    def _open(self, name: str):
         if name not in self._sessions:
             self._sessions[name] = open_session(self._bundle, name, self._config)
         return self._sessions[name]
+
+    def _session(self, num_tokens: int):
+        return self._open(self._denoiser.graph_for(num_tokens))
 
     def __call__(self, tokens: np.ndarray, positions: np.ndarray, sigmas: np.ndarray, cond: Conditioning):
         session = self._session(tokens.shape[1])
@@ -147,12 +155,16 @@ class OrtVae:
         self._encoder = open_session(bundle, enc[0].name, config) if encoder and enc else None
         self._encoder_graph = enc[0] if enc else None
 
+    def open_decoder(self) -> None:
+        """Open the decoder's session now (generation does; personalization, which only encodes, never)."""
+        if self._decoder is None:
+            self._decoder = open_session(self._bundle, self._decoder_graph.name, self._config)
+
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Normalised latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1]."""
         if not self._vae.normalization_in_graph:
             latents = latents / self._vae.scaling_factor + self._vae.shift_factor
-        if self._decoder is None:
-            self._decoder = open_session(self._bundle, self._decoder_graph.name, self._config)
+        self.open_decoder()
         name = self._decoder_graph.inputs[0].name
         return np.concatenate([self._clock.run(self._decoder, None, {name: latents[i:i + 1].astype(np.float32)})[0]
                                for i in range(latents.shape[0])])

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ralu_edge.cache import CacheConfig
 from ralu_edge.errors import UserError, run_cli
 from ralu_runtime.memory import peak_rss_mb
 
@@ -27,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-proxy", choices=("latent_grad", "canny"), default="latent_grad",
                    help="RALU region scoring: latent Sobel (no extra decode) or half-res VAE decode + Canny")
     p.add_argument("--embeddings", type=Path, default=None, help="learned_embeds.safetensors from ralu-personalize")
+    p.add_argument("--cache", default="none",
+                   help="temporal cache of denoiser calls, in every mode (docs/caching.md): none; teacache[:THRESHOLD] "
+                        "(reuse the last velocity until the calibrated change since it sums to THRESHOLD, default "
+                        "0.3; larger skips more); taylorseer[:ORDER,INTERVAL] (run every INTERVAL-th step, forecast "
+                        "the others from the last ORDER+1 computed ones, default 1,2). Calls made and skipped go "
+                        "into --json and the PNG metadata")
     p.add_argument("--compare", action="store_true",
                    help="also write a side-by-side grid of baseline and every RALU mode for the same seed")
     p.add_argument("--height", type=int, default=None, help="image height; must be a resolution of the bundle")
@@ -59,6 +66,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--threads must be 0 (all cores) or a positive count, got {args.threads}.")
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}.")
+    CacheConfig.parse(args.cache)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"{args.out}: exists and is not a folder; pass a folder for the PNGs with --out.")
 
@@ -97,6 +105,7 @@ def generate(args: argparse.Namespace) -> None:
         if mode not in pipe.modes:
             raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(pipe.modes)}.")
     scale = pipe.check_guidance_scale(args.guidance_scale)  # refuse a bad scale before anything is written
+    pipe.check_cache(args.cache)  # TeaCache needs the bundle's calibration
     for prompt in prompts:  # every prompt before the first image, so a bad one does not stop a batch midway
         pipe.check_prompt(prompt)
     paths = output_paths(args.out, prompts, modes, args.seed, args.compare)
@@ -104,7 +113,8 @@ def generate(args: argparse.Namespace) -> None:
     results = generate_images(pipe, args, prompts, modes, scale, iter(paths))
     peak = peak_rss_mb()
     if args.json:
-        print(json.dumps({**results[0], "bundle": str(args.bundle), "peak_rss_mb": peak, "images": results}))
+        print(json.dumps({**results[0], "bundle": str(args.bundle), "seconds_load": pipe.seconds_load,
+                          "peak_rss_mb": peak, "images": results}))
     else:
         for r in results:
             print(r["out"])
@@ -124,12 +134,13 @@ def generate_images(pipe, args: argparse.Namespace, prompts: list[str], modes: l
             total = args.steps if mode == "baseline" else pipe.preset_for_mode(mode).nfe
             bar, on_step = _progress(total, args.no_progress)
             res = pipe(prompt, mode=mode, steps=args.steps, seed=seed, edge_proxy=args.edge_proxy,
-                       on_step=on_step, guidance_scale=args.guidance_scale)
+                       on_step=on_step, guidance_scale=args.guidance_scale, cache=args.cache)
             bar.close()
             fields = {"Mode": mode, "Steps": res.stats.nfe, "Seed": seed, "Size": "x".join(
                 map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
                 "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
-                **({"CFG scale": scale} if scale is not None else {})}
+                **({"CFG scale": scale} if scale is not None else {}), "Cache": res.stats.cache,
+                "Calls made": res.stats.calls_made, "Calls skipped": res.stats.calls_skipped}
             path = save_png(next(paths), res.image, parameters_text(prompt, fields))
             row.append((mode, res))
             st = res.stats

@@ -5,7 +5,9 @@ Modes: `baseline` (the source pipeline's Euler schedule with `steps`: FLUX's dyn
 one), or `ralu-<N>x` for each preset the bundle carries (`flux-4x` -> `ralu-4x` for the FLUX family,
 `sd3-2x` -> `ralu-2x` for SD3). A bundle whose manifest has a `denoiser.guidance_scale` (SD3 always; a FLUX-family
 model whose pipeline folder recorded one in sampling.json) runs classifier-free guidance in every mode:
-[negative "", prompt] as one batch of 2 per step, at that scale unless told otherwise."""
+[negative "", prompt] as one batch of 2 per step, at that scale unless told otherwise. Every mode takes a temporal
+cache (`cache="teacache:0.3"`, `"taylorseer:1,2"`; ralu_edge.cache) wrapped around the (guided) denoiser; TeaCache
+reads its rescale from the manifest's `cache` calibration."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ralu_edge import presets as ralu_presets
+from ralu_edge.cache import CacheConfig, CachedDenoiser
 from ralu_edge.errors import UserError
 from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.rng import rng_for
@@ -43,6 +46,9 @@ class GenerationStats:
     seconds_in_sessions_denoise: float = 0.0
     seconds_per_stage: list[float] = field(default_factory=list)
     selected_regions: list[int] = field(default_factory=list)
+    cache: str = "none"  # the cache's label (CacheConfig.label); calls_made + calls_skipped = nfe
+    calls_made: int = 0
+    calls_skipped: int = 0
 
     @property
     def host_share_denoise(self) -> float:
@@ -67,9 +73,13 @@ class Pipeline:
     def __init__(self, bundle: Bundle, config: SessionConfig, learned: LearnedTokens | None = None):
         self.bundle = bundle
         self.clock = RunClock()
+        started = time.perf_counter()
         self.text = OrtTextEncoders(bundle, config, self.clock, learned)
         self.denoiser = open_denoiser(bundle, config, self.clock)
+        self.denoiser.open()  # session creation is load time, not the first denoising step's (issue 15)
         self.vae = OrtVae(bundle, config, self.clock)
+        self.vae.open_decoder()
+        self.seconds_load = time.perf_counter() - started  # opening every session (from_bundle adds verifying)
         res = bundle.manifest.resolutions[0]
         self.grid = (res.grid_height, res.grid_width)
         self.channels = bundle.manifest.denoiser.token_channels
@@ -77,9 +87,13 @@ class Pipeline:
     @classmethod
     def from_bundle(cls, path: str | Path, *, threads: int = 0, embeddings: str | Path | None = None,
                     verify: bool = True) -> "Pipeline":
+        started = time.perf_counter()
         bundle = open_bundle(path, verify=verify)
         learned = load_learned_embeds(Path(embeddings), bundle.manifest) if embeddings else None
-        return cls(bundle, SessionConfig(threads=threads), learned)
+        seconds_open = time.perf_counter() - started
+        pipe = cls(bundle, SessionConfig(threads=threads), learned)
+        pipe.seconds_load += seconds_open
+        return pipe
 
     @property
     def modes(self) -> list[str]:
@@ -112,10 +126,12 @@ class Pipeline:
         raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
 
     def __call__(self, prompt: str, *, mode: str = "baseline", steps: int = 28, seed: int = 0,
-                 edge_proxy: str = "latent_grad", on_step=None, guidance_scale: float | None = None
-                 ) -> GenerationResult:
+                 edge_proxy: str = "latent_grad", on_step=None, guidance_scale: float | None = None,
+                 cache: CacheConfig | str | None = None) -> GenerationResult:
         """One image. guidance_scale: classifier-free guidance scale for bundles whose manifest records one
-        (None = the manifest's `denoiser.guidance_scale`); a bundle without one rejects it."""
+        (None = the manifest's `denoiser.guidance_scale`); a bundle without one rejects it. cache: a CacheConfig
+        or its `--cache` text (None: no cache)."""
+        cache_config = self.check_cache(cache)
         if mode not in self.modes:
             raise UserError(f"mode {mode!r} is not in this bundle; choose one of: {', '.join(self.modes)}.")
         self.check_prompt(prompt)
@@ -128,6 +144,8 @@ class Pipeline:
         if scale is not None:  # diffusers SD3 and FluxPipeline(true_cfg_scale): negative "" first, then the prompt
             cond = stack_conditionings(self.text.encode(""), cond)
             denoiser = ClassifierFreeGuidance(self.denoiser, scale)
+        calibration = self.bundle.manifest.cache  # outside guidance: a skipped step saves both CFG rows
+        denoiser = CachedDenoiser(denoiser, cache_config, calibration.coefficients if calibration else ())
         t_text = time.perf_counter()
         session_before = self.clock.session_seconds
         gh, gw = self.grid
@@ -135,11 +153,23 @@ class Pipeline:
         stats, tokens = self._denoise(denoiser, noise, cond, mode, steps, seed, edge_proxy, on_step)
         t_denoise = time.perf_counter()
         stats.seconds_in_sessions_denoise = self.clock.session_seconds - session_before
+        cache_stats = denoiser.stats()
+        stats.cache, stats.calls_made, stats.calls_skipped = (cache_config.label, cache_stats.calls_made,
+                                                              cache_stats.calls_skipped)
         image = latent_image_to_uint8(self.vae.decode(unpack_latents(tokens, gh, gw)))[0]
         done = time.perf_counter()
         stats.seconds_text, stats.seconds_denoise = t_text - started, t_denoise - t_text
         stats.seconds_decode, stats.seconds_total = done - t_denoise, done - started
         return GenerationResult(image, stats)
+
+    def check_cache(self, cache: CacheConfig | str | None) -> CacheConfig:
+        """The cache a call will use; UserError for malformed text, or TeaCache on a bundle with no calibration."""
+        config = cache if isinstance(cache, CacheConfig) else CacheConfig.parse(cache or "none")
+        if config.method == "teacache" and self.bundle.manifest.cache is None:
+            raise UserError("this bundle's manifest has no TeaCache calibration (it was exported before caching "
+                            "existed, or for a target that is not calibrated); re-export it with ralu-export, or "
+                            "use --cache taylorseer, which needs none.")
+        return config
 
     def check_guidance_scale(self, requested: float | None) -> float | None:
         """The CFG scale a call will use: the request, else the manifest's `denoiser.guidance_scale` (None: no

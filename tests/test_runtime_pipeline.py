@@ -32,6 +32,17 @@ def test_each_mode_makes_an_image_with_the_expected_cost(pipe, mode, nfe, token_
     assert 0.0 <= res.stats.host_share_denoise < 1.0
 
 
+def test_every_session_is_open_before_the_first_image_so_denoising_excludes_loading(desktop_bundle, monkeypatch):
+    import ralu_runtime.backends as backends
+
+    pipe = Pipeline.from_bundle(desktop_bundle, threads=1)
+    opened = []
+    real = backends.open_session
+    monkeypatch.setattr(backends, "open_session", lambda *a, **k: opened.append(a[1]) or real(*a, **k))
+    pipe("a large red circle on the left", mode="ralu-7x", seed=0)
+    assert opened == [] and pipe.seconds_load > 0
+
+
 def test_same_seed_same_image_and_another_seed_another(pipe):
     a = pipe("a small blue star at the top", mode="ralu-7x", seed=1).image
     b = pipe("a small blue star at the top", mode="ralu-7x", seed=1).image
@@ -106,6 +117,7 @@ def test_ralu_run_writes_pngs_with_parameters_and_json_stats(desktop_bundle, tmp
     (image,) = report["images"]
     assert report["mode"] == "ralu-7x" and report["token_steps"] == 1654 and report["out"] == image["out"]
     assert image["nfe"] == 10 and image["mode"] == "ralu-7x"
+    assert report["seconds_load"] > 0 and report["seconds_denoise"] > 0
     params = Image.open(image["out"]).text["parameters"]
     assert params.startswith("a large green square in the centre\n") and "Mode: ralu-7x" in params
     assert "Seed: 5" in params and "Bundle: " in params
