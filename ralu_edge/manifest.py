@@ -96,6 +96,65 @@ class Parity:
 
 
 @dataclass(frozen=True)
+class TensorLocation:
+    """Where a graph tensor's raw little-endian bytes lie in a bundle file (an .onnx, its external data, or an
+    .ort), so the runtime can read a base weight without parsing the graph (issue 17: LoRA merges)."""
+
+    file: str
+    offset: int
+    dtype: DType
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """A graph tensor that a LoRA on the diffusers Linear `module` changes (docs/lora.md).
+
+    layout "float": `weight` holds W [out, in] (or W^T [in, out] when `transposed`); "qdq": `weight` holds int8
+    q with W = q * scale per output channel (`scale` [out], `zero_point` int8 zeros, same transposition);
+    "nbits": ORT's MatMulNBits form, `weight` uint8 [out, in / block_size, block_size] holding q + 128,
+    `scale` and `zero_point` [out * in / block_size] (the per-channel scale repeated per block)."""
+
+    module: str
+    layout: Literal["float", "qdq", "nbits"]
+    weight: str
+    weight_at: TensorLocation
+    transposed: bool = False
+    scale: Optional[str] = None
+    scale_at: Optional[TensorLocation] = None
+    zero_point: Optional[str] = None
+    block_size: int = 0
+
+
+@dataclass(frozen=True)
+class LoraAliasPart:
+    """Rows [start, stop) of an alias's up matrix (B) that belong to one diffusers module."""
+
+    module: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class LoraAlias:
+    """A key prefix of a non-diffusers LoRA format (kohya's `lora_unet_...`, `lora_te1_...`) and the diffusers
+    modules diffusers' own converter maps it to at export time (several for fused projections like qkv)."""
+
+    name: str
+    parts: tuple[LoraAliasPart, ...]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What LoRA files a bundle takes: the diffusers components a LoRA may address (`transformer.`,
+    `text_encoder.`, ...), the alias names of other formats, and a sentence on what the target supports."""
+
+    components: tuple[str, ...]
+    aliases: tuple[LoraAlias, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class GraphEntry:
     """One exported graph (or one method of a multi-method program).
 
@@ -117,6 +176,7 @@ class GraphEntry:
     method: Optional[str] = None
     session_config: dict[str, str] = field(default_factory=dict)
     parity: Optional[Parity] = None
+    lora_targets: tuple[LoraTarget, ...] = ()  # issue 17: tensors a LoRA may replace at session creation
 
     def input(self, name: str) -> TensorSpec:
         """The input called `name`; UserError when the graph has none."""
@@ -406,6 +466,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     notes: dict[str, str] = field(default_factory=dict)
     cache: Optional[CacheCalibration] = None  # None: exported before issue 16, or a target not calibrated
+    lora: Optional[LoraSpec] = None  # issue 17; None: the bundle takes no LoRA (exported before, or its target)
 
     def __post_init__(self) -> None:
         if self.format != BUNDLE_FORMAT:
@@ -429,6 +490,11 @@ class Manifest:
             for path in (graph.file, *graph.data_files):
                 if path not in listed and not any(p.startswith(path.rstrip("/") + "/") for p in listed):
                     raise _fail(f"graph {graph.name!r}", f"uses {path!r}, which the files list lacks")
+            for target in graph.lora_targets:  # base weights are read only from the graph's own verified files
+                for at in (target.weight_at, target.scale_at):
+                    if at is not None and at.file not in (graph.file, *graph.data_files):
+                        raise _fail(f"graph {graph.name!r}", f"reads LoRA base tensor {target.weight!r} from "
+                                    f"{at.file!r}, which is not one of its files")
         for tokenizer in self.tokenizers:
             for path in (tokenizer.file, *tokenizer.files):
                 if path not in listed:
