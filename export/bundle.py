@@ -7,10 +7,12 @@ only after the new bundle is complete.
 
 Straight-line stages, one function each: plan_export (plan.py: all user errors, before any model loads) ->
 the target's build (targets/: export, package and check every graph) -> pipeline files and tokenizers
-(pipeline_files) -> token tables -> manifest -> publish."""
+(pipeline_files) -> token tables -> manifest -> TeaCache calibration (cache_calibration: sampling runs through
+the written bundle, manifest rewritten with the fit) -> publish."""
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -58,6 +60,11 @@ def build_bundle(config: ExportConfig) -> Path:
         tables = write_token_embeddings(plan.source, tmp, [e.graph for e in plan.family.encoders])
         manifest = _manifest(plan, tmp, graphs, tokenizers, extra, tables)
         write_manifest(tmp, manifest)
+        from ralu_export.cache_calibration import calibrate_cache
+
+        calibration = calibrate_cache(tmp)  # runs the written bundle, so it follows its manifest
+        if calibration is not None:
+            write_manifest(tmp, dataclasses.replace(manifest, cache=calibration))
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
