@@ -4,9 +4,10 @@
 Prompts are the held-out ShapesWorld prompts (the RALU study's and ralu-eval's, whose scenes the attribute
 classifier scores); as in ralu-eval and ralu-run, prompt i under seed s is generated with seed s + i.
 
-Cache settings are one table, CACHE_SETTINGS: a name and the keyword arguments it adds to the Pipeline call. Only
-`none` exists today; a caching mode (e.g. temporal caching of denoiser outputs) is added by one entry there, and
-the grid, the workers, the results and the table pick it up by name."""
+Cache settings are one table, CACHE_SETTINGS: a name and the keyword arguments it adds to the Pipeline call: `none`
+and named settings of the temporal caches (ralu_edge.cache, issue 16; names without the comma of `--cache`, which
+the grid's lists use). Another setting is one entry there; the grid, the workers, the results and the table pick
+it up by name."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ class CacheSetting:
 
 CACHE_SETTINGS: dict[str, CacheSetting] = {
     "none": CacheSetting("none", "no caching: every step runs the denoiser"),
+    **{name: CacheSetting(name, f"temporal cache --cache {cache} (docs/caching.md)", MappingProxyType({"cache": cache}))
+       for name, cache in (("teacache", "teacache:0.3"), ("teacache-0.5", "teacache:0.5"),
+                           ("taylorseer", "taylorseer:1,2"), ("taylorseer-2-3", "taylorseer:2,3"))},
 }
 REFERENCE_MODE = "baseline"  # PSNR/SSIM and token-FLOP ratios are against this mode of the same bundle
 REFERENCE_CACHE = "none"  # ... and this cache setting, for the same prompt and seed
