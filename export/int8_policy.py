@@ -29,12 +29,14 @@ INT8_METHODS: dict[str, dict[str, Int8Method]] = {  # target -> graph role -> me
     "android": _ORT,
     "executorch": {"denoiser": "xnnpack_dynamic", "text_encoder": "xnnpack_dynamic"},
     "ios": {"denoiser": "coreml_weight_int8", "text_encoder": "coreml_weight_int8"},
+    "web": _ORT,
 }
 INT8_BY_DEFAULT: dict[str, tuple[str, ...]] = {  # target -> roles that are int8 in an fp32 bundle too
     "desktop": (),
     "android": ("text_encoder",),
     "executorch": ("text_encoder",),
     "ios": ("text_encoder",),
+    "web": (),
 }
 # pt2e preparation turns T5's integer relative-position buckets into floats, and a constant bias breaks
 # XNNPACK's broadcast: ExecuTorch's T5 programs stay fp32.

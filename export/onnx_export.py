@@ -60,11 +60,13 @@ def _stdout_to_stderr():
 
 
 def export_graph(spec: GraphSpec, family: FamilySpec, module: torch.nn.Module, example: dict[str, torch.Tensor],
-                 sizes: dict[str, int], fixed: dict[str, int] | None = None) -> ir.Model:
+                 sizes: dict[str, int], fixed: dict[str, int] | None = None,
+                 optional_defaults: bool = True) -> ir.Model:
     """The ONNX model of `module` traced on `example` (keyword inputs in spec order), opset 18, with the
     spec's symbolic dims dynamic except those in `fixed`, I/O shapes stamped with the declared names, and
-    an empty default for each optional input. Weight initializers are views of the module's parameters
-    (module docstring): keep the module alive until the model is saved."""
+    (optional_defaults, the target's placeholder_defaults) an empty default for each optional input. Weight
+    initializers are views of the module's parameters (module docstring): keep the module alive until the
+    model is saved."""
     fixed = fixed or {}
     dynamic = _dynamic_shapes(spec, family, sizes, fixed, example)
     with _stdout_to_stderr(), torch.inference_mode(False), torch.no_grad():
@@ -80,7 +82,8 @@ def export_graph(spec: GraphSpec, family: FamilySpec, module: torch.nn.Module, e
     del program  # the exported program's state dict references the same parameters; nothing else is needed
     _stamp_shapes(model.graph.inputs, [t for t in spec.inputs if t.name in example], sizes, fixed)
     _stamp_shapes(model.graph.outputs, list(expand(spec.outputs, sizes)), sizes, fixed)
-    _add_optional_defaults(model, spec, sizes)
+    if optional_defaults:
+        _add_optional_defaults(model, spec, sizes)
     return model
 
 

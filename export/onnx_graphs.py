@@ -1,15 +1,16 @@
-"""The ONNX stage that the desktop and android targets share: export every graph the family declares for the
-target, quantize those the int8 policy names, save graphs that wrap the same module into one weight file
-(optimum's layout: `<folder>/<stem>.onnx` + `<folder>/model.onnx_data`), compute the torch references of
-every parity case and free the torch weights; then, per final graph file, check it against those
-references (every RALU stage length for the denoiser) and describe it for the manifest."""
+"""The ONNX stage that the desktop, android and web targets share: export every graph the family declares for
+the target, quantize those the int8 policy names, save graphs that wrap the same module into one weight file
+(optimum's layout: `<folder>/<stem>.onnx` + `<folder>/model.onnx_data`; the web target names the data file
+after the folder), compute the torch references of every parity case and free the torch weights; then, per
+final graph file, check it against those references (every RALU stage length for the denoiser) and describe
+it for the manifest."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def export_graphs(plan: Plan, root: Path) -> list[ExportedGraph]:
     token_ids = examples.example_token_ids(pipe, plan.family, plan.geometry)
     specs = plan.graphs()
     graphs = [_export(plan, spec, pipe, token_ids) for spec in tqdm(specs, desc="export", unit="graph", disable=None)]
-    _save(root, graphs)
+    _save(root, graphs, plan.target.weights_file)
     for graph in graphs:  # torch outputs now, then free the torch weights before ORT maps the saved ones
         graph.references = _torch_references(plan, graph, token_ids)
         graph.module = graph.proto = None
@@ -66,7 +67,8 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     module = boundary_module(spec, pipe)
     rng = rng_for(0, f"export-trace-{spec.name}")
     example = examples.example_inputs(spec, plan.geometry, examples.trace_case(plan.geometry), rng, token_ids)
-    proto = onnx_export.export_graph(spec, plan.family, module, example, plan.geometry.sizes())
+    proto = onnx_export.export_graph(spec, plan.family, module, example, plan.geometry.sizes(),
+                                     optional_defaults=plan.target.placeholder_defaults)
     method = plan.int8_method(spec)
     if method is not None:
         proto = quantize(proto, method)
@@ -75,15 +77,16 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     return graph
 
 
-def _save(root: Path, graphs: list[ExportedGraph]) -> None:
-    """Write the graphs, one external data file `<folder>/model.onnx_data` per weight-sharing group."""
+def _save(root: Path, graphs: list[ExportedGraph], weights_file: str) -> None:
+    """Write the graphs, one external data file per weight-sharing group: `<folder>/<weights_file>`, the
+    target's name pattern ({folder}: the folder's name; optimum's `model.onnx_data` on the desktop)."""
     groups: dict[str, list[ExportedGraph]] = {}
     for graph in graphs:
         groups.setdefault(graph.spec.shares_weights or graph.spec.name, []).append(graph)
     for members in groups.values():
         folder = root / members[0].spec.folder
         folder.mkdir(parents=True, exist_ok=True)
-        data = folder / "model.onnx_data"
+        data = folder / weights_file.format(folder=folder.name)
         for graph in members:
             graph.path, graph.data_files = root / graph.spec.path, (data,)
         onnx_files.save_sharing_weights([(g.proto, g.path) for g in members], data)
@@ -112,10 +115,13 @@ def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> Graph
     rule = parity_rule(plan.family.tolerances, "onnxruntime", graph.precision)
     parity = check_parity(spec.name, run, expected, cases, rule)
     sizes = plan.geometry.sizes()
+    inputs = tensor_specs(present(spec.inputs, plan.geometry), sizes)
+    if not plan.target.placeholder_defaults:  # exported without in-graph defaults: every input is required
+        inputs = tuple(replace(t, optional=False) for t in inputs)
     return GraphEntry(
         name=spec.name, role=spec.role, file=graph.path.relative_to(root).as_posix(),
         format="ort" if graph.path.suffix == ".ort" else "onnx", precision=graph.precision,
-        inputs=tensor_specs(present(spec.inputs, plan.geometry), sizes),
+        inputs=inputs,
         outputs=tensor_specs(spec.outputs, sizes),
         data_files=tuple(d.relative_to(root).as_posix() for d in graph.data_files),
         session_config=graph.session_config, parity=parity,

@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ralu_edge import presets as ralu_presets
 from ralu_edge.errors import UserError
 from ralu_edge.manifest import Resolution
@@ -103,7 +105,35 @@ def plan_export(config: ExportConfig) -> Plan:
     if not names:
         raise UserError("no RALU preset requested; pass e.g. --presets flux-4x.")
     chosen = tuple(ralu_presets.get(name) for name in names)
-    return Plan(config, source, family, target, geometry, chosen, sampling)
+    plan = Plan(config, source, family, target, geometry, chosen, sampling)
+    if target.max_weight_bytes is not None:
+        weights = weight_bytes(plan)
+        if weights > target.max_weight_bytes:
+            raise UserError(f"the {target.name} bundle of {source.name} would hold {_size(weights)} of weights "
+                            f"({config.precision}), over the {_size(target.max_weight_bytes)} its runtime can "
+                            "hold; export with --precision int8 or a smaller model.")
+    return plan
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def weight_bytes(plan: Plan) -> int:
+    """Bytes of weights the plan's graphs will hold, from the safetensors headers of the model folder (no tensor
+    is read): each source component once, 4 bytes per parameter for a float graph, 1 for an int8 one."""
+    from safetensors import safe_open
+
+    per_source: dict[str, int] = {}
+    for spec in plan.graphs():
+        width = 4 if plan.int8_method(spec) is None else 1
+        per_source[spec.source] = max(per_source.get(spec.source, 0), width)
+    total = 0
+    for source, width in per_source.items():
+        for path in sorted((plan.source / source).glob("*.safetensors")):
+            with safe_open(str(path), framework="np") as f:
+                total += width * sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    return total
 
 
 def check_out(out: Path, force: bool) -> None:

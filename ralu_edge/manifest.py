@@ -23,7 +23,7 @@ MANIFEST_NAME = "ralu_config.json"
 BUNDLE_FORMAT = "ralu-bundle"
 FORMAT_VERSION = 1
 
-Target = Literal["desktop", "android", "executorch", "ios"]
+Target = Literal["desktop", "android", "executorch", "ios", "web"]
 Precision = Literal["fp32", "int8"]
 GraphFormat = Literal["onnx", "ort", "pte", "mlpackage"]
 GraphRole = Literal["denoiser", "denoiser_ids", "text_encoder", "vae_decoder", "vae_encoder"]

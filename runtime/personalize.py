@@ -86,8 +86,9 @@ class Personalizer:
         self.bundle, self.session_config = bundle, config
         self.clock = RunClock()
         if not any(g.role == "vae_encoder" for g in bundle.manifest.graphs):
-            raise UserError(f"{bundle.root.name}: this bundle has no VAE encoder graph, which personalization needs "
-                            "to encode the photos; re-export it with ralu-export (it writes vae_encoder/).")
+            raise UserError(f"{bundle.root.name}: this {bundle.manifest.target} bundle has no VAE encoder graph, which "
+                            "personalization needs to encode the photos; personalize on a desktop or android bundle "
+                            "(ralu-export writes vae_encoder/ there) and load its learned embeddings here.")
         self.vae = OrtVae(bundle, config, self.clock, encoder=True)
         self.denoiser = open_denoiser(bundle, config, self.clock)
         res = bundle.manifest.resolutions[0]

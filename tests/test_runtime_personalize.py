@@ -159,7 +159,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_uninterrupted_embedding(
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such images folder"),
     ("empty", "no PNG or JPEG images in it"),
-    ("no_vae_encoder", "this bundle has no VAE encoder graph"),
+    ("no_vae_encoder", "bundle has no VAE encoder graph"),
 ])
 def test_cli_bad_inputs_exit_2_and_write_nothing(desktop_bundle, tmp_path, case, message):
     import json

@@ -79,4 +79,6 @@ VAE_ENCODER = GraphSpec(
                                                               "latent_width")),
              TensorTemplate("latent_mean", "float32", _LATENT)),
     parity_cases="full",
+    # personalization encodes its photos here; the web page only samples (it loads learned embeddings)
+    targets=("desktop", "android", "executorch", "ios"),
 )

@@ -20,7 +20,7 @@ import numpy as np
 from ralu_edge.manifest import PosEmbedSpec, RopeSpec, TensorSpec
 
 Dim = Union[int, str]
-ALL_TARGETS = ("desktop", "android", "executorch", "ios")
+ALL_TARGETS = ("desktop", "android", "executorch", "ios", "web")
 EXAMPLE_BATCH = 2  # a batch dim is traced at 2: torch.export specialises sizes 0 and 1 (SD3: CFG's batch)
 
 

@@ -1,7 +1,7 @@
 """Export targets: what each ships, in one table (DESIGN.md "Bundles"), and one module per target named as
-the target (desktop.py, android.py, executorch.py, ios.py), each with `build(plan, root)`. A target module
-imports no other target: what two targets share lives in a stage module (onnx_graphs.py for desktop and
-android, static_programs.py for executorch and ios). Which graphs are int8 is int8_policy.py; how each
+the target (desktop.py, android.py, executorch.py, ios.py, web.py), each with `build(plan, root)`. A target module
+imports no other target: what two targets share lives in a stage module (onnx_graphs.py for desktop,
+android and web, static_programs.py for executorch and ios). Which graphs are int8 is int8_policy.py; how each
 target's graphs are checked is parity.py. The packaging choices cite benchmarks/bench_export_choices.py
 (results in benchmarks/results/export_choices.json)."""
 
@@ -18,7 +18,7 @@ from ralu_edge.manifest import GraphEntry
 if TYPE_CHECKING:
     from ralu_export.plan import Plan
 
-TARGETS = ("desktop", "android", "executorch", "ios")
+TARGETS = ("desktop", "android", "executorch", "ios", "web")
 PRECISIONS = ("fp32", "int8")
 
 # benchmarks/results/export_choices.json, shapes model, ORT 1.32 CPU EP, 2 threads (this machine kind).
@@ -38,6 +38,20 @@ STATIC_NOTE = (
     "shapes); Core ML multifunction packages share them between functions."
 )
 
+# onnxruntime-web's WASM backend copies every session's weights into one 32-bit WebAssembly memory, at most 4 GiB
+# (the wasm32 address space; activations and the runtime need part of it too).
+WASM32_MEMORY_BYTES = 4 * 1024**3
+# docs/web.md; web_demo/src/runtime/backends.js is the runtime that loads these graphs.
+WEB_NOTE = (
+    "one session over a dynamic num_image_tokens axis serves all RALU stage lengths, as on the desktop; "
+    "onnxruntime-web (WASM) runs the same opset-18 graphs. Its layout differs in two ways: the learned-token "
+    "inputs (placeholder_ids, placeholder_embeds) are plain inputs without an in-graph default, since "
+    "onnxruntime-web 1.30 lists only non-initializer inputs and refuses a feed for an overridable one; and "
+    "each folder's external weights file is named after the folder (transformer/transformer.onnx_data), since "
+    "onnxruntime-web mounts external data in one table keyed by the referenced file name. No VAE encoder: "
+    "the page samples and loads learned embeddings; personalization runs on a desktop or android bundle."
+)
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -45,13 +59,19 @@ class TargetSpec:
 
     graph_format: what the runtime loads; packaging: denoiser stage graphs ("dynamic" | "static");
     placeholder_slots: fixed number of learned-token slots of the text encoders (unused slots take id -1),
-    None for a dynamic (optional) input."""
+    None for a dynamic input; placeholder_defaults: dynamic placeholder inputs carry an empty in-graph
+    default (optional inputs, which optimum never feeds) or are plain required inputs; weights_file: the
+    name of each ONNX folder's external data file ({folder} is the folder's name); max_weight_bytes: the
+    most weight bytes all the bundle's graphs may hold together (checked before export), None for no limit."""
 
     name: str
     graph_format: Literal["onnx", "ort", "pte", "mlpackage"]
     packaging: Literal["dynamic", "static"]
     packaging_note: str
     placeholder_slots: Optional[int] = None
+    placeholder_defaults: bool = True
+    weights_file: str = "model.onnx_data"
+    max_weight_bytes: Optional[int] = None
 
 
 TARGET_SPECS: dict[str, TargetSpec] = {
@@ -59,6 +79,8 @@ TARGET_SPECS: dict[str, TargetSpec] = {
     "android": TargetSpec("android", "ort", "dynamic", DYNAMIC_NOTE),
     "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, placeholder_slots=4),
     "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, placeholder_slots=4),
+    "web": TargetSpec("web", "onnx", "dynamic", WEB_NOTE, placeholder_defaults=False,
+                      weights_file="{folder}.onnx_data", max_weight_bytes=WASM32_MEMORY_BYTES),
 }
 
 
