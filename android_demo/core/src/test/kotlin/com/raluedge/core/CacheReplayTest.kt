@@ -1,0 +1,119 @@
+package com.raluedge.core
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertTrue
+import org.junit.Assert.fail
+import org.junit.Test
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+
+/**
+ * The recorded cached runs (export/conformance/cache_vectors.py: the built-in model under TeaCache and TaylorSeer,
+ * baseline and RALU) replayed through the Kotlin [CachedDenoiser] and sampler: the model's recorded velocities are
+ * fed where it ran, and the Kotlin cache must make the same run/skip decisions, return the same reused or forecast
+ * velocities and reach the same final latent as ralu_edge.
+ */
+class CacheReplayTest {
+    /** The cache vector folder: beside the main vectors (`vectors.dir`/../cache_vectors), same format. */
+    private val folder: File by lazy {
+        val dir = File(Vectors.folder.parentFile, "cache_vectors")
+        if (!File(dir, "index.json").isFile) fail("cache conformance vectors not found at $dir")
+        dir
+    }
+    private val index: JsonObject by lazy { JsonObject.parse(File(folder, "index.json").readText(Charsets.UTF_8), "cache_vectors/index.json") }
+
+    private fun buffer(name: String): Pair<JsonObject, ByteBuffer> {
+        val entry = index.obj("arrays").obj(name)
+        return Pair(entry, ByteBuffer.wrap(File(folder, entry.string("file")).readBytes()).order(ByteOrder.LITTLE_ENDIAN))
+    }
+
+    private fun floats(name: String): FloatArray {
+        val (entry, b) = buffer(name)
+        assertEquals("$name dtype", "float32", entry.string("dtype"))
+        return FloatArray(b.remaining() / 4) { b.getFloat(it * 4) }
+    }
+
+    private fun doubles(name: String): DoubleArray {
+        val (entry, b) = buffer(name)
+        assertEquals("$name dtype", "float64", entry.string("dtype"))
+        return DoubleArray(b.remaining() / 8) { b.getDouble(it * 8) }
+    }
+
+    private fun tokens(name: String): Tokens {
+        val shape = index.obj("arrays").obj(name).ints("shape")
+        return Tokens(shape[shape.size - 2], shape[shape.size - 1], floats(name))
+    }
+
+    /** The model under the cache: the recorded velocities of the calls that ran, in order. */
+    private class ModelReplay(private val velocities: List<FloatArray>) : Denoiser {
+        var position = 0
+            private set
+
+        override fun velocity(tokens: Tokens, positions: Positions, sigma: Float, cond: Conditioning): FloatArray {
+            if (position >= velocities.size) fail("the cache ran the model more often than the recording")
+            return velocities[position++].copyOf()
+        }
+    }
+
+    @Test
+    fun cachedRunsMakeTheRecordedDecisionsVelocitiesAndFinalLatent() {
+        val runs = index.objects("runs")
+        assertEquals(setOf("baseline", "flux-7x"), runs.map { it.string("mode") }.toSet())
+        assertEquals(setOf("teacache", "taylorseer"), runs.map { CacheConfig.parse(it.string("cache")).method }.toSet())
+        val coefficients = index.doubles("coefficients")
+        val grid = index.ints("grid")
+        for (run in runs) {
+            val name = run.string("name")
+            val recordedRan = run.list("ran").map { it as Boolean }
+            val outputs = run.strings("outputs").map { floats(it) }
+            assertTrue("$name skips at least one call", recordedRan.any { !it })
+            val model = ModelReplay(outputs.filterIndexed { i, _ -> recordedRan[i] })
+            val cached = CachedDenoiser(model, CacheConfig.parse(run.string("cache")), coefficients)
+            val seen = ArrayList<FloatArray>()
+            val seam = object : Denoiser {
+                override fun velocity(tokens: Tokens, positions: Positions, sigma: Float, cond: Conditioning): FloatArray =
+                    cached.velocity(tokens, positions, sigma, cond).also { seen.add(it) }
+            }
+            val noise = tokens(run.string("noise"))
+            val final = if (run.string("mode") == "baseline") {
+                val sigmas = Schedules.fluxBaselineSigmas(index.int("baseline_steps"), grid[0] * grid[1])
+                Sampler.sampleBaseline(seam, noise, grid[0], grid[1], sigmas, NO_COND)
+            } else {
+                val draws = run.objects("draws").map { Pair(it.string("method"), doubles(it.string("values"))) }
+                Sampler.raluSample(seam, noise, grid[0], grid[1], RaluPreset.get(run.string("mode")), NO_COND, ReplayRandom(draws)).tokens
+            }
+            assertArrayEquals("$name decisions", recordedRan.toBooleanArray(), cached.stats().ran)
+            assertEquals("$name model calls", recordedRan.count { it }, model.position)
+            assertEquals("$name seam calls", outputs.size, seen.size)
+            for (i in outputs.indices) assertClose("$name call $i velocity", seen[i], outputs[i])
+            assertClose("$name final", final.data, floats(run.string("final")))
+        }
+    }
+
+    @Test
+    fun cacheTextParsesAsTheRuntimeParsesIt() {
+        assertEquals("teacache:0.3", CacheConfig.parse("teacache").label)
+        assertEquals("teacache:0.15", CacheConfig.parse("teacache:0.15").label)
+        assertEquals("taylorseer:2,3", CacheConfig.parse("taylorseer:2,3").label)
+        assertEquals("taylorseer:1,2", CacheConfig.parse("taylorseer").label)
+        assertEquals("none", CacheConfig.parse("none").label)
+        for (bad in listOf("fastcache", "teacache:abc", "teacache:-1", "taylorseer:1,0", "taylorseer:a", "none:1")) {
+            try {
+                CacheConfig.parse(bad)
+                fail("'$bad' was accepted")
+            } catch (e: UserError) {
+                assertTrue("'$bad': ${e.message}", e.message!!.contains("e.g."))
+            }
+        }
+    }
+
+    @Test
+    fun forecastIsExactForAQuadraticInSigma() {
+        fun f(s: Double) = floatArrayOf((1.0 - 2.0 * s + 3.0 * s * s).toFloat(), (0.5 * s * s).toFloat())
+        val sigmas = doubleArrayOf(0.5, 0.7, 0.9)
+        val forecast = CacheMath.taylorForecast(sigmas, sigmas.map { f(it) }, 0.3)
+        assertClose("quadratic forecast", forecast, f(0.3), 1e-5)
+    }
+}
