@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bundle folder to create (missing parent folders are created too)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="denoiser precision; int8 = per-channel int8 weights on its linear layers, attention "
-                             "stays float. Text encoders are int8 on "
+                             "stays float; int4 (desktop, android) = 4-bit blocks in ONNX Runtime's MatMulNBits "
+                             "(docs/precision.md), text encoders int8. Text encoders are int8 on "
                              f"{'/'.join(t for t, roles in INT8_BY_DEFAULT.items() if 'text_encoder' in roles)} "
                              "either way")
     parser.add_argument("--height", type=int, default=None,

@@ -14,7 +14,7 @@ from typing import Literal, Optional
 
 from ralu_export.families.spec import GraphSpec
 
-Int8Method = Literal["weight_qdq", "xnnpack_dynamic", "coreml_weight_int8"]
+Int8Method = Literal["weight_qdq", "xnnpack_dynamic", "coreml_weight_int8", "nbits4", "nbits8"]
 
 # weight_qdq for int8 ORT graphs, chosen by benchmarks/bench_export_choices.py (results/export_choices.json,
 # tables `text_encoders` and `denoiser`, shapes): of the three methods it gives the best output cosine, the best
@@ -43,10 +43,20 @@ INT8_BY_DEFAULT: dict[str, tuple[str, ...]] = {  # target -> roles that are int8
 METHOD_REFUSES: dict[Int8Method, tuple[str, ...]] = {"xnnpack_dynamic": ("T5TextEncoder",)}
 
 
+# --precision int4 (issue 15): the denoiser's weight MatMul/Gemm become ORT's MatMulNBits with 4-bit blocks
+# (quantize.NBITS, settings chosen in docs/precision.md); the text encoders stay as in an int8 bundle
+# (weight_qdq, float activations), since ZO's perturbations of the injected token rows must reach the loss.
+# ExecuTorch and Core ML have no int4 row: their 4-bit paths (torchao, palettization) were not adopted.
+_ORT_INT4 = {"denoiser": "nbits4", "denoiser_ids": "nbits4"}
+INT4_METHODS: dict[str, dict[str, Int8Method]] = {"desktop": _ORT_INT4, "android": _ORT_INT4}
+
+
 def int8_method(target: str, precision: str, graph: GraphSpec) -> Optional[Int8Method]:
     """The method quantizing `graph` in a `precision` bundle for `target`, or None for a float graph."""
+    if precision == "int4" and graph.role in INT4_METHODS.get(target, {}):
+        return INT4_METHODS[target][graph.role]
     method = INT8_METHODS[target].get(graph.role)
-    wanted = precision == "int8" or graph.role in INT8_BY_DEFAULT[target]
+    wanted = precision in ("int8", "int4") or graph.role in INT8_BY_DEFAULT[target]
     if method is None or not wanted or graph.module in METHOD_REFUSES.get(method, ()):
         return None
     return method
@@ -54,4 +64,6 @@ def int8_method(target: str, precision: str, graph: GraphSpec) -> Optional[Int8M
 
 def precision_label(method: Optional[Int8Method]) -> str:
     """The manifest's precision of a graph quantized by `method` (None: float)."""
-    return "fp32" if method is None else f"int8-{method}"
+    if method is None:
+        return "fp32"
+    return f"int{method[len('nbits'):]}-matmul_nbits" if method.startswith("nbits") else f"int8-{method}"

@@ -16,7 +16,7 @@ from ralu_edge.errors import UserError
 from ralu_edge.manifest import Resolution
 from ralu_export.families import family_for
 from ralu_export.families.spec import FamilySpec, Geometry, GraphSpec
-from ralu_export.int8_policy import Int8Method, int8_method
+from ralu_export.int8_policy import INT4_METHODS, Int8Method, int8_method
 from ralu_export.models import RecordedSampling, recorded_sampling, resolve_model
 from ralu_export.targets import PRECISIONS, TargetSpec, target_spec
 
@@ -87,6 +87,9 @@ def plan_export(config: ExportConfig) -> Plan:
     target = target_spec(config.target)
     if config.precision not in PRECISIONS:
         raise UserError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    if config.precision == "int4" and target.name not in INT4_METHODS:
+        raise UserError(f"precision int4 (ONNX Runtime's MatMulNBits) is for the {' and '.join(INT4_METHODS)} "
+                        f"targets; export the {target.name} bundle with --precision int8 or fp32.")
     check_out(Path(config.out), config.force)
     source = resolve_model(config.model)
     sampling = recorded_sampling(source)

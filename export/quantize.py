@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -22,8 +23,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-QuantMethod = Literal["dynamic", "weight_qdq", "static_qdq"]
-QUANT_METHODS: tuple[str, ...] = ("dynamic", "weight_qdq", "static_qdq")
+QuantMethod = Literal["dynamic", "weight_qdq", "static_qdq", "nbits4", "nbits8"]
+QUANT_METHODS: tuple[str, ...] = ("dynamic", "weight_qdq", "static_qdq", "nbits4", "nbits8")
 
 # ORT >= 1.20 fuses DequantizeLinear -> MatMul into MatMulNBits, by default with accuracy_level 4 = int8
 # activations: weight_qdq silently becomes W8A8 and zeroth-order differences collapse (bench 'zo fd cos').
@@ -32,6 +33,8 @@ SESSION_CONFIG: dict[str, dict[str, str]] = {
     "dynamic": {},
     "weight_qdq": {"session.qdq_matmulnbits_accuracy_level": "1"},
     "static_qdq": {},
+    "nbits4": {},  # MatMulNBits carries its accuracy_level as a node attribute (NBITS below)
+    "nbits8": {},
 }
 MIN_WEIGHT_ELEMENTS = 256  # smaller weights (tiny projections) are not worth a DequantizeLinear
 
@@ -173,6 +176,100 @@ def _ort_quantize(model: onnx.ModelProto, method: QuantMethod,
         return onnx.load_model(str(dst), load_external_data=True)
 
 
+@dataclass(frozen=True)
+class NBitsConfig:
+    """Block-wise weight quantization into com.microsoft MatMulNBits (ORT's kernel for 4/8-bit weights, the one
+    its LLM stack uses): `bits` per weight, one float scale per `block_size` rows of K (symmetric: no zero
+    points), and the kernel's `accuracy_level` (0/1 float compute; 4: activations quantized to int8 per block
+    at run time, int8 dot products)."""
+
+    bits: int
+    block_size: int
+    accuracy_level: int
+    symmetric: bool = True
+
+
+# Chosen by benchmarks/bench_precision.py (results/precision.json): see docs/precision.md.
+NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 4), "nbits8": NBitsConfig(8, 32, 4)}
+
+
+def _nbits_pack(weight: np.ndarray, cfg: NBitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ORT's own packing (the C++ kernel MatMulNBitsQuantizer calls) of a [K, N] float weight: packed
+    [N, K_blocks, blob] uint8, scales [N, K_blocks] float32, zero points [N, ceil(K_blocks / (8 / bits))] uint8."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    rows, cols = weight.shape
+    pack = 8 // cfg.bits
+    blocks = (rows + cfg.block_size - 1) // cfg.block_size
+    weight = np.pad(np.ascontiguousarray(weight, dtype=np.float32), ((0, blocks * cfg.block_size - rows), (0, 0)))
+    packed = np.zeros((cols, blocks, (cfg.block_size + pack - 1) // pack), dtype=np.uint8)
+    zero_points = np.zeros((cols, (blocks + pack - 1) // pack), dtype=np.uint8)
+    scales = np.zeros((cols, blocks), dtype=np.float32)
+    kernel = quantize_matmul_4bits if cfg.bits == 4 else quantize_matmul_8bits
+    kernel(packed, weight, scales, zero_points, cfg.block_size, cols, rows, cfg.symmetric)
+    return packed, scales, zero_points
+
+
+def _quantize_nbits_ir(model: ir.Model, cfg: NBitsConfig) -> ir.Model:
+    """The weight MatMul/Gemm nodes of a clone of `model` replaced by MatMulNBits (Gemm: its bias as an Add),
+    each weight packed when it is read (saving), one at a time, as _quantize_weight_qdq_ir does: a multi-GB
+    denoiser is quantized without a second copy of its weights. MatMulNBitsQuantizer itself takes a whole
+    ModelProto (no graph over 2 GB) and only MatMul, while FLUX's AdaLN projections, a third of its weights, are
+    Gemm."""
+    model = model.clone()
+    graph = model.graph
+    model.opset_imports.setdefault("com.microsoft", 1)
+    for node in _weight_matmuls_ir(graph):
+        attrs = node.attributes
+        if node.op_type == "Gemm" and (attrs.get("transA") is not None and attrs["transA"].as_int()
+                                       or any(attrs.get(a) is not None and attrs[a].as_float() != 1.0
+                                              for a in ("alpha", "beta"))):
+            continue  # not a plain x @ W (+ b): left float
+        trans_b = node.op_type == "Gemm" and attrs.get("transB") is not None and attrs["transB"].as_int()
+        weight = node.inputs[1]
+        source = weight.const_value
+        rows, cols = (source.shape[1], source.shape[0]) if trans_b else tuple(source.shape)
+        blocks = (rows + cfg.block_size - 1) // cfg.block_size
+
+        def packed_part(index, source=source, trans_b=trans_b, name=weight.name):
+            def compute():
+                w = np.asarray(source.numpy(), dtype=np.float32)
+                return ir.tensor(_nbits_pack(w.T if trans_b else w, cfg)[index], name=f"{name}_nbits{index}")
+            return compute
+
+        shapes = ((cols, blocks, (cfg.block_size * cfg.bits + 7) // 8), (cols, blocks))
+        dtypes = (ir.DataType.UINT8, ir.DataType.FLOAT)
+        parts = []
+        for index, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+            name = f"{weight.name}_nbits{cfg.bits}_{'q' if index == 0 else 'scales'}"
+            tensor = ir.LazyTensor(packed_part(index), dtype=dtype, shape=ir.Shape(shape), name=name)
+            value = ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(dtype), const_value=tensor)
+            graph.register_initializer(value)
+            parts.append(value)
+        out = node.outputs[0]
+        matmul = ir.node("MatMulNBits", [node.inputs[0], *parts], domain="com.microsoft",
+                         attributes={"K": rows, "N": cols, "bits": cfg.bits, "block_size": cfg.block_size,
+                                     "accuracy_level": cfg.accuracy_level},
+                         name=f"{node.name}_nbits", outputs=[ir.Value(name=f"{out.name}_nbits")])
+        new_nodes = [matmul]
+        result = matmul.outputs[0]
+        if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+            add = ir.node("Add", [result, node.inputs[2]], name=f"{node.name}_bias",
+                          outputs=[ir.Value(name=f"{out.name}_biased")])
+            new_nodes.append(add)
+            result = add.outputs[0]
+        graph.insert_after(node, new_nodes)
+        result.shape, result.type = out.shape, out.type
+        was_output, name = out.is_graph_output(), out.name
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
+        if was_output:  # the graph output keeps its name
+            out.name, result.name = f"{name}_float", name
+        graph.remove(node, safe=True)
+        if not weight.uses() and weight.name in graph.initializers:
+            graph.initializers.pop(weight.name)
+    return model
+
+
 def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndarray]] | None = None):
     """The int8 variant of `model` (an onnx.ModelProto or an onnx_ir Model) by `method`; the input is not
     modified. weight_qdq of an IR model (onnx_export.export_graph: weights are views of torch parameters)
@@ -181,6 +278,10 @@ def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndar
     model, so an IR model is serialized first (fine for the text encoders, not for weights beyond 2 GB)."""
     if method == "weight_qdq":
         return quantize_weight_qdq(model) if isinstance(model, onnx.ModelProto) else _quantize_weight_qdq_ir(model)
+    if method in NBITS:
+        if isinstance(model, onnx.ModelProto):
+            return ir.serde.serialize_model(_quantize_nbits_ir(ir.from_proto(model), NBITS[method]))
+        return _quantize_nbits_ir(model, NBITS[method])
     if not isinstance(model, onnx.ModelProto):
         model = ir.serde.serialize_model(model)
     if method in ("dynamic", "static_qdq"):

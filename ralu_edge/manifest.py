@@ -24,7 +24,7 @@ BUNDLE_FORMAT = "ralu-bundle"
 FORMAT_VERSION = 1
 
 Target = Literal["desktop", "android", "executorch", "ios", "web"]
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "int4"]
 GraphFormat = Literal["onnx", "ort", "pte", "mlpackage"]
 GraphRole = Literal["denoiser", "denoiser_ids", "text_encoder", "vae_decoder", "vae_encoder"]
 Packaging = Literal["dynamic", "static"]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ralu_export.plan import Plan
 
 TARGETS = ("desktop", "android", "executorch", "ios", "web")
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "int4")
 
 # benchmarks/results/export_choices.json, shapes model, ORT 1.32 CPU EP, 2 threads (this machine kind).
 DYNAMIC_NOTE = (

@@ -1,0 +1,127 @@
+"""--precision int4 (issue 15): the MatMulNBits pass against ORT's own quantizer, its Gemm handling, the plan's
+refusals, and (slow) int4 bundles of the built-in model through the runtime."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ralu_edge.errors import UserError
+from ralu_export.quantize import NBITS, NBitsConfig, quantize
+
+from tests.conftest import exported_bundle
+
+
+def _matmul_graph(weight: np.ndarray, gemm: bool = False) -> onnx.ModelProto:
+    """x [B, K] -> x @ W (MatMul, W [K, N]) or Gemm(x, W^T stored [N, K], bias, transB=1)."""
+    k, n = weight.shape
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])
+    if gemm:
+        inits = [numpy_helper.from_array(np.ascontiguousarray(weight.T), "w"),
+                 numpy_helper.from_array(np.linspace(-1, 1, n, dtype=np.float32), "b")]
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1, name="gemm")
+    else:
+        inits = [numpy_helper.from_array(weight, "w")]
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")
+    graph = helper.make_graph([node], "g", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.fixture(scope="module")
+def weight():
+    return np.random.default_rng(0).standard_normal((96, 80)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["nbits4", "nbits8"])
+def test_the_nbits_pass_packs_exactly_as_onnxruntimes_own_quantizer(weight, method):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    cfg = NBITS[method]
+    ours = quantize(_matmul_graph(weight), method)
+    reference = MatMulNBitsQuantizer(_matmul_graph(weight), bits=cfg.bits, block_size=cfg.block_size,
+                                     is_symmetric=cfg.symmetric, accuracy_level=cfg.accuracy_level)
+    reference.process()
+    ref = reference.model.model
+    (node,), (ref_node,) = ours.graph.node, ref.graph.node
+    assert node.op_type == ref_node.op_type == "MatMulNBits" and node.domain == "com.microsoft"
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute} == \
+        {a.name: helper.get_attribute_value(a) for a in ref_node.attribute}
+    got, want = _initializers(ours), _initializers(ref)
+    for ours_name, ref_name in zip(node.input[1:], ref_node.input[1:]):
+        np.testing.assert_array_equal(got[ours_name], want[ref_name])
+    x = np.random.default_rng(1).standard_normal((3, 96)).astype(np.float32)
+    np.testing.assert_array_equal(_run(ours, x), _run(ref, x))
+
+
+@pytest.mark.parametrize("method, floor", [("nbits4", 0.99), ("nbits8", 0.9999)])
+def test_a_gemm_with_transposed_weight_and_bias_becomes_matmulnbits_plus_add(weight, method, floor):
+    model = _matmul_graph(weight, gemm=True)
+    quantized = quantize(model, method)
+    assert [n.op_type for n in quantized.graph.node] == ["MatMulNBits", "Add"]
+    assert "w" not in _initializers(quantized)  # the float weight is gone, not stored beside its blocks
+    x = np.random.default_rng(2).standard_normal((4, 96)).astype(np.float32)
+    ref, got = _run(model, x).ravel(), _run(quantized, x).ravel()
+    assert ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got)) > floor
+
+
+def test_int4_weights_take_under_a_sixth_of_the_float_bytes(weight):
+    big = np.random.default_rng(3).standard_normal((1024, 256)).astype(np.float32)
+    sizes = {m: sum(t.nbytes for t in _initializers(quantize(_matmul_graph(big), m)).values())
+             for m in ("nbits4", "nbits8")}
+    assert sizes["nbits4"] < big.nbytes / 6 and sizes["nbits4"] < sizes["nbits8"] < big.nbytes / 3
+
+
+def test_an_nbits_config_block_must_divide_into_whole_bytes():
+    assert all((cfg.block_size * cfg.bits) % 8 == 0 for cfg in NBITS.values())
+    assert NBitsConfig(4, 32, 4) == NBITS["nbits4"]  # the measured choice (docs/precision.md)
+
+
+@pytest.mark.parametrize("target", ["executorch", "ios"])
+def test_int4_is_refused_for_targets_without_matmulnbits_before_any_model_loads(tmp_path, target):
+    from ralu_export.plan import ExportConfig, plan_export
+
+    with pytest.raises(UserError, match="precision int4 .* is for the desktop and android targets"):
+        plan_export(ExportConfig(model="shapes", target=target, out=tmp_path / "b", precision="int4"))
+
+
+def test_ralu_export_refuses_int4_for_ios_with_exit_status_2(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", "ios",
+                           "--precision", "int4", "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "int4" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["desktop", "android"])
+def test_an_int4_bundle_runs_matmulnbits_and_keeps_int8_text_encoders(request, target, tmp_path):
+    bundle = exported_bundle(request, target, "int4")
+    manifest = json.loads((bundle / "ralu_config.json").read_text())
+    assert manifest["precision"] == "int4"
+    graphs = {g["name"]: g for g in manifest["graphs"]}
+    assert graphs["denoiser"]["precision"] == "int4-matmul_nbits" and graphs["denoiser"]["parity"]["passed"]
+    assert all(g["precision"] == "int8-weight_qdq" for g in graphs.values() if g["role"] == "text_encoder")
+    if target == "android":
+        ops = (bundle / "required_operators.config").read_text()
+        assert "MatMulNBits" in ops and graphs["denoiser"]["file"].endswith(".ort")
+    else:
+        model = onnx.load(str(bundle / graphs["denoiser"]["file"]), load_external_data=False)
+        assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) > 40
+    done = subprocess.run([sys.executable, "-m", "ralu_runtime.cli_run", "--bundle", str(bundle), "--prompt",
+                           "a large red circle on the left", "--mode", "ralu-4x", "--threads", "1", "--out",
+                           str(tmp_path), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["seconds_load"] > 0
