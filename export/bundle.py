@@ -59,6 +59,9 @@ def build_bundle(config: ExportConfig) -> Path:
 
         tables = write_token_embeddings(plan.source, tmp, [e.graph for e in plan.family.encoders])
         manifest = _manifest(plan, tmp, graphs, tokenizers, extra, tables)
+        from ralu_export.lora_names import with_lora
+
+        manifest = with_lora(plan, tmp, manifest)  # issue 17: what a LoRA may replace, found in the final files
         write_manifest(tmp, manifest)
         from ralu_export.cache_calibration import calibrate_cache
 

@@ -70,6 +70,14 @@ class OrtDenoiser:
         """Drop the sessions (low-memory handling); the next call reopens them."""
         self._sessions.clear()
 
+    def reopen(self, config: SessionConfig, graphs: set[str]) -> None:
+        """Take `config` (other LoRA initializer overrides, issue 17) and reopen the open sessions of `graphs`
+        only, each closed before its successor opens."""
+        self._config = config
+        for name in graphs & set(self._sessions):
+            del self._sessions[name]
+            self._open(name)
+
 
 def open_denoiser(bundle: Bundle, config: SessionConfig, clock: RunClock) -> OrtDenoiser:
     """The seam over the bundle's denoiser (FLUX RoPE or SD3-class sin-cos positions alike). Generation and
@@ -103,6 +111,13 @@ class OrtTextEncoders:
                 if vec is None or vec.shape != (e.hidden_size,):
                     raise UserError(f"learned token {token!r} has no {e.hidden_size}-d embedding for {e.name}; "
                                     "the embeddings file was made for another model.")
+
+    def reopen(self, config: SessionConfig, graphs: set[str]) -> None:
+        """Reopen the encoders whose graph is in `graphs` with `config` (LoRA initializer overrides, issue 17)."""
+        for e in self._encoders:
+            if e.graph in graphs:
+                del self._sessions[e.name]
+                self._sessions[e.name] = open_session(self._bundle, e.graph, config)
 
     @property
     def tokenizers(self) -> dict[str, PromptTokenizer]:

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-proxy", choices=("latent_grad", "canny"), default="latent_grad",
                    help="RALU region scoring: latent Sobel (no extra decode) or half-res VAE decode + Canny")
     p.add_argument("--embeddings", type=Path, default=None, help="learned_embeds.safetensors from ralu-personalize")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a LoRA .safetensors (diffusers/PEFT or kohya keys) merged at load, at SCALE (default 1); "
+                        "repeat for several (docs/lora.md)")
     p.add_argument("--cache", default="none",
                    help="temporal cache of denoiser calls, in every mode (docs/caching.md): none; teacache[:THRESHOLD] "
                         "(reuse the last velocity until the calibrated change since it sums to THRESHOLD, default "
@@ -96,9 +99,14 @@ def generate(args: argparse.Namespace) -> None:
     """Validate every input before the first image, write the PNGs, print their paths (or the --json report)."""
     check_args(args)
     prompts = read_prompts(args.prompt, args.prompts)
+    from ralu_runtime.lora import LoraRequest
+
+    loras = [LoraRequest.parse(text) for text in args.lora]  # a bad scale is refused before any model loads
     from ralu_runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
+    if loras:
+        pipe.load_lora(loras)
     pipe.check_size(args.height, args.width)
     modes = pipe.modes if args.compare else [args.mode]
     for mode in modes:
@@ -114,7 +122,7 @@ def generate(args: argparse.Namespace) -> None:
     peak = peak_rss_mb()
     if args.json:
         print(json.dumps({**results[0], "bundle": str(args.bundle), "seconds_load": pipe.seconds_load,
-                          "peak_rss_mb": peak, "images": results}))
+                          "peak_rss_mb": peak, "loras": [lora.describe() for lora in pipe.loras], "images": results}))
     else:
         for r in results:
             print(r["out"])
@@ -140,7 +148,8 @@ def generate_images(pipe, args: argparse.Namespace, prompts: list[str], modes: l
                 map(str, res.image.shape[1::-1])), "Bundle": pipe.bundle.bundle_id,
                 "Model": pipe.bundle.manifest.model.name, "Sampler": "ralu-edge",
                 **({"CFG scale": scale} if scale is not None else {}), "Cache": res.stats.cache,
-                "Calls made": res.stats.calls_made, "Calls skipped": res.stats.calls_skipped}
+                "Calls made": res.stats.calls_made, "Calls skipped": res.stats.calls_skipped,
+                **({"LoRA": ", ".join(f"{lora.name}:{lora.scale:g}" for lora in pipe.loras)} if pipe.loras else {})}
             path = save_png(next(paths), res.image, parameters_text(prompt, fields))
             row.append((mode, res))
             st = res.stats

@@ -11,6 +11,7 @@ reads its rescale from the manifest's `cache` calibration."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,8 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, config: SessionConfig, learned: LearnedTokens | None = None):
         self.bundle = bundle
+        self.config = config
+        self.loras: tuple = ()  # LoadedLora of load_lora (issue 17)
         self.clock = RunClock()
         started = time.perf_counter()
         self.text = OrtTextEncoders(bundle, config, self.clock, learned)
@@ -94,6 +97,26 @@ class Pipeline:
         pipe = cls(bundle, SessionConfig(threads=threads), learned)
         pipe.seconds_load += seconds_open
         return pipe
+
+    def load_lora(self, requests: list) -> None:
+        """Apply the LoRAs `requests` (ralu_runtime.lora.LoraRequest: path and scale each, several at once) in
+        place of any loaded before. Every file is checked against the bundle first; then the merged weights go
+        to ONNX Runtime as initializer overrides and only the sessions of graphs they touch reopen (docs/lora.md)."""
+        from ralu_runtime.lora import load_lora, lora_overrides
+
+        loaded = tuple(load_lora(self.bundle, request) for request in requests)
+        self._use_loras(loaded, lora_overrides(self.bundle, list(loaded)))
+
+    def unload_lora(self) -> None:
+        """Back to the bundle's own weights: the sessions a LoRA touched reopen without overrides."""
+        self._use_loras((), {})
+
+    def _use_loras(self, loaded: tuple, overrides: dict) -> None:
+        touched = set(self.config.initializers) | set(overrides)
+        self.config = dataclasses.replace(self.config, initializers=overrides)
+        self.text.reopen(self.config, touched)
+        self.denoiser.reopen(self.config, touched)
+        self.loras = loaded
 
     @property
     def modes(self) -> list[str]:

@@ -9,7 +9,7 @@ plus one denoiser step 1.05x the weights either way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -21,10 +21,13 @@ from ralu_runtime.bundle import Bundle
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """threads: intra-op threads (0 = ORT's default, all cores)."""
+    """threads: intra-op threads (0 = ORT's default, all cores). initializers: {graph name: {initializer name:
+    array}} handed to ORT when that graph's session opens, in place of the graph's own tensors (issue 17: LoRA
+    merges, runtime/lora.py); the arrays must outlive the session."""
 
     threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    initializers: dict = field(default_factory=dict)
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -44,6 +47,7 @@ class GraphSession:
 
     label: str  # "<bundle folder>/<graph file>", for messages
     session: ort.InferenceSession
+    overrides: tuple = ()  # the OrtValues given to add_initializer, kept alive as long as the session
 
     def run(self, outputs: list[str] | None, feeds: dict) -> list:
         try:
@@ -71,6 +75,10 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
         raise UserError(f"graph {graph_name!r} is {graph.format}, which ONNX Runtime cannot run; use a desktop "
                         "or android bundle (or the ExecuTorch backend for .pte).")
     so = session_options(config)
+    given = config.initializers.get(graph_name, {})
+    overrides = tuple(ort.OrtValue.ortvalue_from_numpy(array) for array in given.values())
+    for name, value in zip(given, overrides):
+        so.add_initializer(name, value)  # no copy: ORT uses the array as the weight (LoRA merges, issue 17)
     # The exporter records per-graph settings; weight-only int8 graphs need
     # session.qdq_matmulnbits_accuracy_level = 1, or ORT 1.32 quietly runs them with int8 activations
     # (which also stops zeroth-order personalization from seeing its perturbations).
@@ -88,7 +96,7 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
         raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
                         "re-export the bundle.") from None
     check_session_io(graph, session, bundle.root.name)
-    return GraphSession(f"{bundle.root.name}/{graph.file}", session)
+    return GraphSession(f"{bundle.root.name}/{graph.file}", session, overrides)
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
