@@ -97,7 +97,7 @@ export function startServer({ bundleDir = null, port = DEFAULT_PORT } = {}) {
 const USAGE = `usage: npm run demo -- --bundle DIR [--port N]
 
 Serves the RALU web demo on http://${HOST}:PORT/ (localhost only) with DIR, a bundle folder written by
-\`ralu-export --model shapes --target desktop --out DIR\`, at /bundle/. --port defaults to ${DEFAULT_PORT}.`;
+\`ralu-export --model shapes --target web --out DIR\`, at /bundle/. --port defaults to ${DEFAULT_PORT}.`;
 
 function parseArgs(argv) {
   const args = { bundleDir: null, port: DEFAULT_PORT };
@@ -112,9 +112,9 @@ function parseArgs(argv) {
       if (!Number.isInteger(args.port) || args.port < 0 || args.port > 65535) throw new Error(`--port ${value} is not a port number; use e.g. --port ${DEFAULT_PORT}.`);
     } else throw new Error(`unknown option ${flag}; see --help.`);
   }
-  if (!args.bundleDir) throw new Error('--bundle DIR is required: a folder written by `ralu-export --model shapes --target desktop --out DIR`.');
+  if (!args.bundleDir) throw new Error('--bundle DIR is required: a folder written by `ralu-export --model shapes --target web --out DIR`.');
   if (!fs.existsSync(path.join(args.bundleDir, 'ralu_config.json'))) {
-    throw new Error(`${args.bundleDir}: no ralu_config.json, so this is not a bundle folder; export one with \`ralu-export --model shapes --target desktop --out DIR\`.`);
+    throw new Error(`${args.bundleDir}: no ralu_config.json, so this is not a bundle folder; export one with \`ralu-export --model shapes --target web --out DIR\`.`);
   }
   return args;
 }

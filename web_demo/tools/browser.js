@@ -27,12 +27,12 @@ function venvTool(name) {
 
 /**
  * A bundle folder of the built-in shapes model: $RALU_WEB_BUNDLE when set (reused, e.g. between runs), else a
- * fresh `ralu-export --model shapes --target desktop` into a temporary folder (about 2 minutes on 2 cores).
+ * fresh `ralu-export --model shapes --target web` into a temporary folder (about 2 minutes on 2 cores).
  */
 export async function shapesBundle() {
   if (process.env.RALU_WEB_BUNDLE) return process.env.RALU_WEB_BUNDLE;
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ralu-web-')), 'shapes-desktop');
-  await run(venvTool('ralu-export'), ['--model', 'shapes', '--target', 'desktop', '--out', out], { maxBuffer: 1 << 24 });
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'ralu-web-')), 'shapes-web');
+  await run(venvTool('ralu-export'), ['--model', 'shapes', '--target', 'web', '--out', out], { maxBuffer: 1 << 24 });
   return out;
 }
 

@@ -52,7 +52,7 @@ function clearError() {
 async function servedBundle() {
   if (params.has('bundle')) return { url: new URL(params.get('bundle'), location.href).href };
   const { url, name } = await (await fetch('/bundle.json')).json();
-  if (!url) throw new UserError('no bundle is served: start the demo with `npm run demo -- --bundle DIR`, DIR a folder written by `ralu-export --model shapes --target desktop --out DIR`.');
+  if (!url) throw new UserError('no bundle is served: start the demo with `npm run demo -- --bundle DIR`, DIR a folder written by `ralu-export --model shapes --target web --out DIR`.');
   return { url: new URL(url, location.href).href, label: name };
 }
 

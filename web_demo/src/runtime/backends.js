@@ -6,7 +6,6 @@
 
 import { UserError } from '../core/errors.js';
 import { ropeTables, withTextPositions } from '../core/rope.js';
-import { promoteInitializersToInputs } from './onnx_inputs.js';
 
 const dirname = (path) => path.split('/').slice(0, -1).join('/');
 
@@ -31,9 +30,10 @@ function checkFinite(values, label, output) {
 export function sessionFactory(ort, bundle, sessionOptions) {
   const sessions = new Map();
   const dataFiles = new Map();
-  // onnxruntime-web mounts external data in one process-wide table keyed by the referenced path and clears it
-  // after each create; every graph of a bundle names its weights `model.onnx_data`, so two creates in flight
-  // can build a session over another graph's weights. Sessions are therefore created one at a time.
+  // onnxruntime-web mounts external data in one process-wide table keyed by the referenced file name; a web
+  // bundle names each folder's weights after the folder (transformer/transformer.onnx_data), so no two graphs
+  // share a key. Sessions are still created one at a time, so that the page holds one graph's weights in
+  // flight at once (the page's peak memory).
   let creating = Promise.resolve();
   const readOnce = (path) => {
     if (!dataFiles.has(path)) dataFiles.set(path, bundle.read(path));
@@ -44,12 +44,10 @@ export function sessionFactory(ort, bundle, sessionOptions) {
     const graph = bundle.manifest.graph(name);
     const label = `${bundle.label}/${graph.file}`;
     if (graph.format !== 'onnx') {
-      throw new UserError(`${label} is ${graph.format}, which onnxruntime-web cannot run; serve a desktop bundle (.onnx graphs).`);
+      throw new UserError(`${label} is ${graph.format}, which onnxruntime-web cannot run; serve a web bundle (ralu-export --target web).`);
     }
     const folder = dirname(graph.file);
-    const [verified, ...data] = await Promise.all([bundle.read(graph.file), ...(graph.data_files ?? []).map(readOnce)]);
-    const optional = graph.inputs.filter((spec) => spec.optional).map((spec) => spec.name);
-    const model = promoteInitializersToInputs(verified, optional); // see onnx_inputs.js
+    const [model, ...data] = await Promise.all([bundle.read(graph.file), ...(graph.data_files ?? []).map(readOnce)]);
     const externalData = (graph.data_files ?? []).map((path, i) => ({ path: relativeTo(folder, path), data: data[i] }));
     let session;
     try {
@@ -145,8 +143,8 @@ export function ortTextEncoders(ort, bundle, sessions, tokenizers, learned) {
     for (const e of encoders) {
       const tokenizer = tokenizers[e.name];
       const ids = tokenizer.encode(prompt);
-      // Without a learned token, one placeholder row that no id matches (-1, zeros): onnxruntime-web 1.30 fails on the
-      // graphs' zero-row default ("Can broadcast 0 by 0 or 1"), which onnxruntime 1.32 on the desktop accepts.
+      // Without a learned token, one placeholder row that no id matches (-1, zeros): onnxruntime-web 1.30's WASM
+      // broadcast fails on zero rows ("Broadcaster"), which onnxruntime 1.32 on the desktop accepts.
       const placeholderId = learned ? BigInt(tokenizer.placeholderIds[learned.token]) : -1n;
       const feeds = {
         input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, ids.length]),

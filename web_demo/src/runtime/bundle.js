@@ -13,7 +13,7 @@ const hex = (buffer) => Array.from(new Uint8Array(buffer), (b) => b.toString(16)
  * readJson(path)}. label: the bundle's name in messages (default: the URL's last folder). `read` refuses paths the manifest does not list and files whose bytes disagree with it.
  */
 export async function openBundle(baseUrl, { fetchFn = globalThis.fetch, label = baseUrl.replace(/\/+$/, '').split('/').pop() || 'bundle' } = {}) {
-  const noBundle = `no bundle at ${baseUrl}: start the demo with \`npm run demo -- --bundle DIR\`, DIR a folder written by \`ralu-export --model shapes --target desktop --out DIR\`.`;
+  const noBundle = `no bundle at ${baseUrl}: start the demo with \`npm run demo -- --bundle DIR\`, DIR a folder written by \`ralu-export --model shapes --target web --out DIR\`.`;
   let response;
   try {
     response = await fetchFn(new URL(MANIFEST_NAME, baseUrl));
@@ -28,6 +28,11 @@ export async function openBundle(baseUrl, { fetchFn = globalThis.fetch, label = 
     throw new UserError(`${label}/${MANIFEST_NAME}: not valid JSON; re-export the bundle.`);
   }
   const manifest = parseManifest(data);
+  if (data.target !== 'web') {
+    // Other targets' graphs differ in what onnxruntime-web needs (docs/web.md): optional learned-token inputs,
+    // one weights file name for every graph, .ort or .pte files.
+    throw new UserError(`${label} is a ${data.target} bundle; the page runs web bundles: export one with \`ralu-export --model shapes --target web --out DIR\`.`);
+  }
 
   async function read(path) {
     const entry = manifest.files.get(path);

@@ -1,6 +1,5 @@
-// The manifest reader (src/core/manifest.js) on the vectors' bundle manifest, the learned-embeddings reader
-// (src/core/safetensors.js) on files written the way runtime/embeddings.py writes them, and the graph edit that
-// turns the text encoders' optional inputs into plain ones for onnxruntime-web (src/runtime/onnx_inputs.js).
+// The manifest reader (src/core/manifest.js) on the vectors' bundle manifest and the learned-embeddings reader
+// (src/core/safetensors.js) on files written the way runtime/embeddings.py writes them.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -9,7 +8,6 @@ import { test } from 'node:test';
 import { UserError } from '../../src/core/errors.js';
 import { parseManifest } from '../../src/core/manifest.js';
 import { entryNames, learnedEmbeds } from '../../src/core/safetensors.js';
-import { promoteInitializersToInputs } from '../../src/runtime/onnx_inputs.js';
 import { VECTORS_DIR } from './vectors.js';
 
 const manifestJson = () => JSON.parse(fs.readFileSync(path.join(VECTORS_DIR, 'bundle/ralu_config.json'), 'utf8'));
@@ -62,19 +60,4 @@ test('a learned-embeddings file gives its token and one vector per text encoder,
   const short = { ...vectors, [keys[encoders[0].name]]: new Float32Array(3) };
   assert.throws(() => learnedEmbeds(safetensors(short, { token: '<cat>' }), 'x.safetensors', encoders), userError(/made for another model/));
   assert.throws(() => learnedEmbeds(new Uint8Array(4), 'x.safetensors', encoders), userError(/not a readable safetensors file/));
-});
-
-// Protobuf pieces of an ONNX ModelProto: key bytes are (field << 3) | wire type.
-const bytes = (...parts) => Uint8Array.from(parts.flatMap((p) => Array.from(p)));
-const lengthDelimited = (field, body) => bytes([field * 8 + 2, body.length], body); // bodies here stay under 128 bytes
-const text = (s) => new TextEncoder().encode(s);
-const tensor = (name) => lengthDelimited(5, bytes([8, 1], lengthDelimited(8, text(name)))); // dims=[1], name
-
-test('the optional inputs of a graph lose their initializer defaults and nothing else changes', () => {
-  const graph = (...initializers) => lengthDelimited(7, bytes(lengthDelimited(1, text('node')), ...initializers, lengthDelimited(11, text('input'))));
-  const model = bytes([8, 8], graph(tensor('placeholder_ids'), tensor('weight'), tensor('placeholder_embeds')), lengthDelimited(8, text('opset')));
-  const expected = bytes([8, 8], graph(tensor('weight')), lengthDelimited(8, text('opset')));
-  assert.deepEqual(promoteInitializersToInputs(model, ['placeholder_ids', 'placeholder_embeds']), expected);
-  assert.equal(promoteInitializersToInputs(model, ['absent']), model);
-  assert.equal(promoteInitializersToInputs(model, []), model);
 });

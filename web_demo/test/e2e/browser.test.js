@@ -119,11 +119,20 @@ describe('bad input shows one clear sentence and no console stack', () => {
   test('a tampered file is refused by its sha256', async () => {
     const copy = path.join(work, 'tampered');
     fs.cpSync(bundle, copy, { recursive: true });
-    const data = path.join(copy, 'vae_decoder', 'model.onnx_data');
+    const data = path.join(copy, 'vae_decoder', 'vae_decoder.onnx_data');
     const bytes = fs.readFileSync(data);
     bytes[bytes.length >> 1] ^= 0xff;
     fs.writeFileSync(data, bytes);
-    await expectMessage(copy, '', /^tampered\/vae_decoder\/model\.onnx_data: sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…; re-export the bundle\.$/);
+    await expectMessage(copy, '', /^tampered\/vae_decoder\/vae_decoder\.onnx_data: sha256 [0-9a-f]{12}… but the manifest says [0-9a-f]{12}…; re-export the bundle\.$/);
+  });
+
+  test("another target's bundle names the export that the page runs", async () => {
+    // a desktop bundle's manifest says so; its text encoders' optional inputs are what onnxruntime-web refuses
+    const copy = path.join(work, 'desktop');
+    fs.cpSync(bundle, copy, { recursive: true });
+    const manifest = path.join(copy, 'ralu_config.json');
+    fs.writeFileSync(manifest, JSON.stringify({ ...JSON.parse(fs.readFileSync(manifest, 'utf8')), target: 'desktop' }));
+    await expectMessage(copy, '', /^desktop is a desktop bundle; the page runs web bundles: export one with `ralu-export --model shapes --target web --out DIR`\.$/);
   });
 
   test('an unknown mode names the modes the bundle offers', () => expectMessage(bundle, 'mode=ralu-9x',
