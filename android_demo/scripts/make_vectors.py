@@ -131,10 +131,12 @@ def bundle_fixture(pipe_folder: Path):
         from ralu_edge import manifest as mf
         from ralu_edge import presets
         from ralu_export.families import FLUX
-        from ralu_export.onnx_export import tensor_specs
+        from ralu_export.families.spec import present, tensor_specs
+        from ralu_export.int8_policy import int8_method, precision_label
 
         bundle = folder / "bundle"
         geometry = FLUX.geometry(pipe_folder, SIZE, SIZE)
+        sizes = geometry.sizes()
         graphs = []
         for spec in FLUX.graphs:
             if "android" not in spec.targets:
@@ -143,25 +145,28 @@ def bundle_fixture(pipe_folder: Path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f"conformance fixture, not a real graph: {spec.name}\n".encode())
             graphs.append(mf.GraphEntry(name=spec.name, role=spec.role, file=f"{spec.folder}/{spec.stem}.ort",
-                                        format="ort", precision="int8" if spec.quantizable else "fp32",
-                                        inputs=tensor_specs(spec.inputs, geometry.sizes()),
-                                        outputs=tensor_specs(spec.outputs, geometry.sizes())))
+                                        format="ort",
+                                        precision=precision_label(int8_method("android", "int8", spec)),
+                                        inputs=tensor_specs(present(spec.inputs, geometry), sizes),
+                                        outputs=tensor_specs(spec.outputs, sizes)))
         (bundle / "required_operators.config").write_text("# conformance fixture\n")
         tokenizers, encoders = [], []
-        for role, (vocab, bos) in zip(FLUX.encoders, ((geometry.clip_vocab, 0), (geometry.t5_vocab, None))):
+        for role, bos in zip(FLUX.encoders, (0, None)):
+            vocab = sizes[role.vocab]
             target = bundle / role.tokenizer / "tokenizer.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(pipe_folder / role.tokenizer / "tokenizer.json", target)
             tokenizers.append(mf.TokenizerSpec(
                 name=role.tokenizer, files=(f"{role.tokenizer}/tokenizer.json",), file=f"{role.tokenizer}/tokenizer.json",
-                kind=role.kind, max_length=geometry.clip_length if role.kind == "clip" else geometry.text_length,
+                kind=role.kind, max_length=sizes[role.length],
                 pad_token_id=1 if role.kind == "clip" else 0, eos_token_id=1, bos_token_id=bos, first_free_id=vocab))
-            hidden = geometry.pooled_dim if role.kind == "clip" else geometry.text_dim
+            hidden = sizes[role.hidden_size]
             encoders.append(mf.TextEncoderSpec(
                 name=role.graph, graph=role.graph, tokenizer=role.tokenizer, kind=role.kind, use=role.use,
-                hidden_size=hidden, vocab_rows=vocab, sequence_output=role.sequence_output,
+                hidden_size=hidden, vocab_rows=vocab, sequence_output=role.sequence_output.format(**sizes),
                 pooled_output=role.pooled_output, placeholder_ids_input="placeholder_ids",
-                placeholder_embeds_input="placeholder_embeds", precision="int8"))
+                placeholder_embeds_input="placeholder_embeds",
+                precision=precision_label(int8_method("android", "int8", FLUX.graph(role.graph)))))
         resolution = mf.Resolution(SIZE, SIZE, geometry.latent_height, geometry.latent_width, geometry.grid_height,
                                    geometry.grid_width)
         preset_entries = tuple(
@@ -176,7 +181,7 @@ def bundle_fixture(pipe_folder: Path):
             resolutions=(resolution,),
             vae=mf.VaeSpec(geometry.latent_channels, geometry.vae_factor, geometry.vae_scaling, geometry.vae_shift),
             text_length=geometry.text_length,
-            rope=mf.RopeSpec(geometry.axes_dim, geometry.theta, geometry.head_dim),
+            rope=geometry.rope,
             denoiser=mf.DenoiserSpec(
                 packaging="dynamic", packaging_note="fixture: one session over a dynamic token axis",
                 token_dim="num_image_tokens", rope_token_dim="num_rope_tokens",
