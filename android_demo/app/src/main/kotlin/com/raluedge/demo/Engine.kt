@@ -4,6 +4,8 @@ import android.app.ActivityManager
 import android.content.ComponentCallbacks2
 import android.content.Context
 import com.raluedge.core.Generator
+import com.raluedge.core.JsonObject
+import com.raluedge.core.Lora
 import com.raluedge.core.Personalizer
 import com.raluedge.core.PromptEncoder
 import com.raluedge.core.PutsConfig
@@ -52,6 +54,18 @@ object Engine {
     fun personalizer(config: ZoConfig, puts: PutsConfig = PutsConfig()): Personalizer {
         val b = bundle ?: throw IllegalStateException("bundle not loaded")
         return Personalizer(b.manifest, prompts(), OrtDenoiser(pool(), b.manifest), config, puts)
+    }
+
+    /**
+     * Apply LoRA files (each with its scale; empty list: none) to the loaded bundle: the core merges them on this
+     * thread (Lora.read / Lora.overrides, checked against the manifest) and only the sessions of touched graphs
+     * reopen. Call on the worker; a bad file is one UserError and leaves the current LoRAs in place.
+     */
+    fun setLoras(loras: List<Pair<java.io.File, Double>>) {
+        val b = bundle ?: throw IllegalStateException("bundle not loaded")
+        val manifest = JsonObject.parse(java.io.File(b.dir, "ralu_config.json").readText(), "ralu_config.json")
+        val factors = loras.map { (file, scale) -> Lora.read(file, manifest, scale) }
+        pool().setLora(if (factors.isEmpty()) emptyMap() else Lora.overrides(b.dir, manifest, factors))
     }
 
     fun vaeEncoder(): OrtVaeEncoder = OrtVaeEncoder(pool(), bundle!!.manifest)

@@ -6,6 +6,7 @@ import ai.onnxruntime.OrtSession
 import com.raluedge.core.Conditioning
 import com.raluedge.core.Denoiser
 import com.raluedge.core.GraphEntry
+import com.raluedge.core.OverrideTensor
 import com.raluedge.core.Manifest
 import com.raluedge.core.Positions
 import com.raluedge.core.RgbImage
@@ -18,7 +19,10 @@ import com.raluedge.core.Tokens
 import com.raluedge.core.UserError
 import com.raluedge.core.VaeDecoder
 import com.raluedge.core.VaeEncoder
+import ai.onnxruntime.OnnxJavaType
 import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
 import java.nio.FloatBuffer
 import java.nio.LongBuffer
 
@@ -37,6 +41,10 @@ class SessionPool(private val dir: File, private val manifest: Manifest, private
     private val sessions = HashMap<String, OrtSession>()
     private val sessionOptions = HashMap<String, OrtSession.SessionOptions>() // must outlive their sessions
     private val busy = HashMap<String, Int>()
+    // LoRA (issue 17): merged tensors per graph from core's Lora.overrides, given to SessionOptions.addInitializer
+    // when that graph's session opens; the OnnxTensors must outlive their sessions.
+    private var loraOverrides: Map<String, Map<String, OverrideTensor>> = emptyMap()
+    private val overrideTensors = HashMap<String, List<OnnxTensor>>()
 
     /** Set by onTrimMemory or on low-RAM devices: sessions are closed as soon as their stage or step is over. */
     @Volatile
@@ -53,10 +61,14 @@ class SessionPool(private val dir: File, private val manifest: Manifest, private
         val session = sessions.getOrPut(graph.name) {
             val file = File(dir, graph.file)
             val opts = options()
+            val tensors = loraOverrides[graph.name].orEmpty().map { (name, t) -> name to onnxTensor(t) }
+            for ((name, tensor) in tensors) opts.addInitializer(name, tensor)
+            overrideTensors[graph.name] = tensors.map { it.second }
             try {
                 env.createSession(file.absolutePath, opts).also { sessionOptions[graph.name] = opts }
             } catch (e: ai.onnxruntime.OrtException) {
                 opts.close()
+                overrideTensors.remove(graph.name)?.forEach { it.close() }
                 throw UserError("${graph.file}: ONNX Runtime could not open it (${e.message?.lineSequence()?.firstOrNull()}); re-export the bundle for android with a matching onnxruntime version")
             }
         }
@@ -90,7 +102,32 @@ class SessionPool(private val dir: File, private val manifest: Manifest, private
             if ((busy[name] ?: 0) > 0) continue
             sessions.remove(name)?.close()
             sessionOptions.remove(name)?.close()
+            overrideTensors.remove(name)?.forEach { it.close() }
         }
+    }
+
+    /**
+     * Use these LoRA overrides (graph -> initializer -> tensor; empty: the bundle's own weights) from now on: the
+     * sessions of graphs whose overrides change close now and reopen with the new initializers on next use.
+     */
+    @Synchronized
+    fun setLora(overrides: Map<String, Map<String, OverrideTensor>>) {
+        val touched = loraOverrides.keys + overrides.keys
+        loraOverrides = overrides
+        release(touched)
+    }
+
+    private fun onnxTensor(t: OverrideTensor): OnnxTensor {
+        val buffer = ByteBuffer.allocateDirect(t.bytes.size).order(ByteOrder.nativeOrder())
+        val source = ByteBuffer.wrap(t.bytes).order(ByteOrder.LITTLE_ENDIAN)
+        val type = when (t.dtype) {
+            "float32" -> { while (source.hasRemaining()) buffer.putFloat(source.float); OnnxJavaType.FLOAT }
+            "int8" -> { buffer.put(t.bytes); OnnxJavaType.INT8 }
+            "uint8" -> { buffer.put(t.bytes); OnnxJavaType.UINT8 }
+            else -> throw UserError("LoRA override of dtype ${t.dtype} is not supported; update the app")
+        }
+        buffer.rewind()
+        return OnnxTensor.createTensor(env, buffer, t.shape.map { it.toLong() }.toLongArray(), type)
     }
 
     /** Closes every idle session (they reopen on next use). */
