@@ -61,7 +61,9 @@ class PresetEntry(val name: String, val preset: RaluPreset, val stageLengths: Ma
 class Manifest(
     val target: String, val precision: String, val resolutions: List<Resolution>, val vae: VaeSpec, val textLength: Int,
     val rope: RopeSpec, val denoiser: DenoiserSpec, val textEncoders: List<TextEncoderSpec>, val tokenizers: List<TokenizerSpec>,
-    val graphs: List<GraphEntry>, val presets: List<PresetEntry>, val files: List<FileEntry>, val modelName: String
+    val graphs: List<GraphEntry>, val presets: List<PresetEntry>, val files: List<FileEntry>, val modelName: String,
+    /** TeaCache's rescale (c0, c1, c2) the export calibrated (manifest `cache.coefficients`, Cache.kt); null: none. */
+    val cacheCoefficients: DoubleArray? = null
 ) {
     fun graph(name: String): GraphEntry = graphs.firstOrNull { it.name == name }
         ?: throw UserError("$NAME: no graph '$name' (the bundle has ${graphs.joinToString(", ") { it.name }}); re-export the bundle with ralu-export")
@@ -102,7 +104,10 @@ class Manifest(
                         it.int("eos_token_id"), it.intOrNull("bos_token_id"), it.int("first_free_id"))
                 },
                 graphs = graphs, presets = root.objects("presets").map(::presetEntry), files = files,
-                modelName = root.objOrNull("model")?.stringOrNull("name") ?: "unknown"
+                modelName = root.objOrNull("model")?.stringOrNull("name") ?: "unknown",
+                cacheCoefficients = root.objOrNull("cache")?.doubles("coefficients")?.also {
+                    if (it.size != 3 || !it.all { c -> c.isFinite() }) throw fail("cache.coefficients", "should be 3 finite numbers")
+                }
             )
             manifest.checkReferences()
             return manifest

@@ -117,3 +117,28 @@ class CacheReplayTest {
         assertClose("quadratic forecast", forecast, f(0.3), 1e-5)
     }
 }
+
+/** The manifest's `cache` calibration reaches the Kotlin side: absent in an older bundle, three numbers when exported. */
+class CacheManifestTest {
+    private val fixture = File(Vectors.folder, "bundle/ralu_config.json").readText(Charsets.UTF_8)
+
+    private fun withCache(coefficients: List<Any>): String {
+        @Suppress("UNCHECKED_CAST")
+        val root = LinkedHashMap(Json.parse(fixture) as Map<String, Any?>)
+        root["cache"] = mapOf("signal" to "input_rel_l1,sigma_step", "coefficients" to coefficients)
+        return Json.write(root)
+    }
+
+    @Test
+    fun calibrationIsReadWhenPresentAndNullWhenNot() {
+        assertEquals(null, Manifest.parse(fixture).cacheCoefficients)
+        val coefficients = Manifest.parse(withCache(listOf(-3.2, 6.6, 0.007))).cacheCoefficients!!
+        assertArrayEquals(doubleArrayOf(-3.2, 6.6, 0.007), coefficients, 0.0)
+        try {
+            Manifest.parse(withCache(listOf(1.0, 2.0)))
+            fail("two coefficients were accepted")
+        } catch (e: UserError) {
+            assertTrue(e.message!!, e.message!!.contains("cache.coefficients"))
+        }
+    }
+}
