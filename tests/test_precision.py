@@ -87,7 +87,7 @@ def test_int4_weights_take_under_a_sixth_of_the_float_bytes(weight):
 
 def test_an_nbits_config_block_must_divide_into_whole_bytes():
     assert all((cfg.block_size * cfg.bits) % 8 == 0 for cfg in NBITS.values())
-    assert NBitsConfig(4, 32, 4) == NBITS["nbits4"]  # the measured choice (docs/precision.md)
+    assert NBitsConfig(4, 32, 1) == NBITS["nbits4"]  # the measured choice (docs/precision.md)
 
 
 @pytest.mark.parametrize("target", ["executorch", "ios"])
