@@ -91,12 +91,21 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
         so.enable_mem_pattern = False
     try:
         session = ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
-                                       providers=list(config.providers))
+                                       providers=list(config.providers), disabled_optimizers=_keep_qdq(graph, given))
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
                         "re-export the bundle.") from None
     check_session_io(graph, session, bundle.root.name)
     return GraphSession(f"{bundle.root.name}/{graph.file}", session, overrides)
+
+
+def _keep_qdq(graph: GraphEntry, overrides: dict) -> list[str]:
+    """Optimizers to disable for a session given `overrides`: ORT's QDQ fusion (DequantizeLinear + MatMul ->
+    MatMulNBits, QDQSelectorActionTransformer) reads a QDQ weight before user initializers replace it, so a
+    LoRA-merged int8 weight would be ignored while its new scale is used (docs/lora.md: 9 dB against diffusers).
+    Without the fusion the overrides apply; the bundle's own weights give the same outputs either way."""
+    qdq = {t.weight for t in graph.lora_targets if t.layout == "qdq"}
+    return ["QDQSelectorActionTransformer"] if qdq & set(overrides) else []
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
