@@ -11,7 +11,6 @@ renames it, and ORT's format conversion fuses and renames it again; the weights'
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -291,7 +290,3 @@ def with_lora(plan, root: Path, manifest: Manifest) -> Manifest:
             "session opens (docs/lora.md).")
     return replace(manifest, graphs=graphs, lora=LoraSpec(components=components, aliases=aliases, note=note))
 
-
-def describe(manifest: Manifest) -> str:
-    """One JSON line: modules patchable per graph (for logs and tests)."""
-    return json.dumps({g.name: len(g.lora_targets) for g in manifest.graphs})

@@ -208,7 +208,8 @@ def test_bad_lora_input_is_one_sentence_and_exit_2_writing_nothing(desktop_bundl
     argument, words = _bad_files(tmp_path)[case]
     done = _ralu_run(desktop_bundle, tmp_path / "out", argument)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and words in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
 
 

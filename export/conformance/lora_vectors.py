@@ -46,8 +46,12 @@ class _Folder:
         return self.root / relative
 
 
+def _at(d: dict | None) -> TensorLocation | None:
+    return None if d is None else TensorLocation(d["file"], d["offset"], d["dtype"], tuple(d["shape"]))
+
+
 def _target(t: dict) -> LoraTarget:
-    at = lambda d: None if d is None else TensorLocation(d["file"], d["offset"], d["dtype"], tuple(d["shape"]))  # noqa: E731
+    at = _at
     return LoraTarget(t["module"], t["layout"], t["weight"], at(t["weight_at"]), t["transposed"], t["scale"],
                       at(t["scale_at"]), t["zero_point"], t["block_size"])
 
