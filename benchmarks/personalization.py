@@ -186,18 +186,20 @@ def worker_ti(args) -> dict:
     images = reference_images(exp or EXPERIMENTS["shape"], size)
     base_rss = measure.rss_mb()
     t0 = time.perf_counter()
+    full = args.worker == "ft"  # DreamBooth-style: the whole denoiser trains too (peak RSS baseline)
     embeds, hist = fit_first_order(pipe, images, token, init, args.steps, args.seed, lr=args.ti_lr, batch_size=1,
                                    sigma_range=PutsConfig(sigma_shift=args.puts_shift),
                                    captions=list(_captions_or_default(args, exp)), posterior="mean",
                                    theta_units=args.theta_units,
-                                   on_step=lambda s: s.step % 50 == 0 and log(f"{args.experiment} ti {s.step} {s.loss:.4f}"))
+                                   on_step=lambda s: s.step % 50 == 0 and log(f"{args.experiment} ti {s.step} {s.loss:.4f}"),
+                                   train_denoiser=full)
     wall = time.perf_counter() - t0
     save_learned_embeds(args.embeds, embeds, token, init)
     return {"seconds_per_step": hist.seconds_per_step, "fit_seconds": wall, "losses": hist.losses.tolist(),
             "baseline_rss_mb": base_rss, "peak_rss_mb": measure.peak_rss_mb(), "torch_version": torch.__version__,
             "config": {"steps": args.steps, "seed": args.seed, "lr": args.ti_lr, "batch_size": 1,
                        "optimizer": "Adam eps 1e-8", "puts_sigma_shift": args.puts_shift, "posterior": "mean",
-                       "theta_units": args.theta_units}}
+                       "theta_units": args.theta_units, "train_denoiser": full}}
 
 
 def worker_generate(args) -> dict:
@@ -229,14 +231,15 @@ def environment(bundle: Path | None, threads: int) -> dict:
     return env
 
 
-def ensure_bundle(bundle: Path, model: str, env: dict, size: int | None = None) -> Path:
-    """The int8 desktop bundle of `model` at `bundle`, exported with ralu_export.cli when it is not there yet."""
+def ensure_bundle(bundle: Path, model: str, env: dict, size: int | None = None, precision: str = "int8") -> Path:
+    """The desktop bundle of `model` at `bundle` (int8 unless told), exported with ralu_export.cli when it is not
+    there yet."""
     if (bundle / "ralu_config.json").is_file():
         log(f"reusing the bundle in {bundle}")
         return bundle
-    log(f"exporting {model} (desktop, int8) to {bundle}")
+    log(f"exporting {model} (desktop, {precision}) to {bundle}")
     cmd = [sys.executable, "-m", "ralu_export.cli", "--model", str(model), "--target", "desktop", "--precision",
-           "int8", "--out", str(bundle), "--quiet"]
+           precision, "--out", str(bundle), "--quiet"]
     if size:
         cmd += ["--height", str(size), "--width", str(size)]
     subprocess.run(["nice", *cmd], check=True, env=env, stdout=sys.stderr)
@@ -338,6 +341,8 @@ def read_refs(pred, exp: Experiment, names) -> np.ndarray:
 
 
 def _check(by: dict) -> dict:
+    if "ti" not in by:  # --precisions runs only init and ZO
+        return {"zo_concept_score": by["zo"]["concept_score"], "init_concept_score": by["init"]["concept_score"]}
     zo, ti, init = by["zo"], by["ti"], by["init"]
     out = {"zo_concept_score": zo["concept_score"], "ti_concept_score": ti["concept_score"],
            "init_concept_score": init["concept_score"],
@@ -361,6 +366,28 @@ def build_large_flux(out: Path, heads: int, head_dim: int, layers: int, single_l
             "heads": heads, "head_dim": head_dim, "layers": layers, "single_layers": single_layers}
 
 
+def run_precision_compare(args, env: dict) -> dict:
+    """Issue 15: the colour experiment's ZO fit and generation through each precision's desktop bundle of the
+    built-in model (the int4 bundle: 4-bit MatMulNBits denoiser, int8 text encoders): concept score, peak RSS
+    and its growth over the loaded process, seconds per step. Same seed, steps and settings for each."""
+    out = {}
+    for precision in args.precisions.split(","):
+        sub = argparse.Namespace(**vars(args))
+        sub.bundle = ensure_bundle(args.work / f"shapes-desktop-{precision}", "shapes", env, precision=precision)
+        sub.fits = "init,zo"
+        exp = run_experiment(EXPERIMENTS["colour"], sub, env, args.work / f"colour-{precision}", quick=True)
+        by = {r["row"]: r for r in exp["rows"]}
+        out[precision] = {"bundle": str(sub.bundle), "zo_concept_score": by["zo"]["concept_score"],
+                          "init_concept_score": by["init"]["concept_score"],
+                          "zo_concept_similarity": by["zo"]["concept_similarity"],
+                          "zo_peak_rss_mb": by["zo"]["peak_rss_mb"], "zo_rss_growth_mb": by["zo"]["rss_growth_mb"],
+                          "zo_seconds_per_step": by["zo"]["seconds_per_step"],
+                          "zo_loss_first50": by["zo"]["loss_mean_first50"],
+                          "zo_loss_last50": by["zo"]["loss_mean_last50"],
+                          "n_images": by["zo"]["n_images"], "histogram": by["zo"]["histogram"]}
+    return out
+
+
 def run_large_flux(args, env: dict) -> dict:
     work = args.work / "flux-large"
     work.mkdir(parents=True, exist_ok=True)
@@ -373,20 +400,27 @@ def run_large_flux(args, env: dict) -> dict:
     info = json.loads(info_path.read_text())
     log(f"random FLUX: {info['parameters']['transformer'] / 1e6:.1f} M transformer parameters")
     bundle = ensure_bundle(work / "bundle-int8", str(folder), env, args.flux_size)
-    common = ["--bundle", str(bundle), "--threads", str(args.threads), "--seed", str(args.seed), "--experiment",
+    # issue 15: ZO through the int4 bundle too, and the DreamBooth-style full fine-tune (torch autograd over
+    # every denoiser parameter, same images and loss) that ZOODiP's memory ratio is measured against
+    bundle4 = ensure_bundle(work / "bundle-int4", str(folder), env, args.flux_size, precision="int4")
+    common = ["--threads", str(args.threads), "--seed", str(args.seed), "--experiment",
               "none", "--model", str(folder), "--size", str(args.flux_size), "--steps", str(args.flux_steps),
               "--zo-lr", str(args.zo_lr), "--ti-lr", str(args.ti_lr), "--theta-units", args.theta_units]
     fits = {}
-    for name in ("zo", "ti"):
+    for name, worker, path in (("zo", "zo", bundle), ("zo-int4", "zo", bundle4), ("ti", "ti", bundle),
+                               ("ft", "ft", bundle)):
         log(f"large FLUX: {name} ({args.flux_steps} steps)")
-        fits[name] = run_worker([*common, "--worker", name, "--embeds", str(work / f"{name}.safetensors")],
-                                work / f"{name}.fit.json", env)
+        fits[name] = run_worker([*common, "--bundle", str(path), "--worker", worker,
+                                 "--embeds", str(work / f"{name}.safetensors")], work / f"{name}.fit.json", env)
     rows = {k: {"peak_rss_mb": v["peak_rss_mb"], "baseline_rss_mb": v["baseline_rss_mb"],
                 "rss_growth_mb": v["peak_rss_mb"] - v["baseline_rss_mb"], "seconds_per_step": v["seconds_per_step"],
                 "steps": args.flux_steps, "torch_imported": v.get("torch_imported")} for k, v in fits.items()}
     return {"model": info, "resolution": args.flux_size, "bundle": str(bundle), "rows": rows,
             "zo_peak_over_ti_peak": rows["zo"]["peak_rss_mb"] / rows["ti"]["peak_rss_mb"],
-            "zo_growth_over_ti_growth": rows["zo"]["rss_growth_mb"] / max(1e-9, rows["ti"]["rss_growth_mb"])}
+            "zo_growth_over_ti_growth": rows["zo"]["rss_growth_mb"] / max(1e-9, rows["ti"]["rss_growth_mb"]),
+            "ft_peak_over_zo_peak": rows["ft"]["peak_rss_mb"] / rows["zo"]["peak_rss_mb"],
+            "ft_peak_over_zo_int4_peak": rows["ft"]["peak_rss_mb"] / rows["zo-int4"]["peak_rss_mb"],
+            "zo_int4_peak_over_zo_int8_peak": rows["zo-int4"]["peak_rss_mb"] / rows["zo"]["peak_rss_mb"]}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -399,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--large-flux", action="store_true",
                     help="only the peak-RSS comparison on a random FLUX of >= 100 M parameters")
     ap.add_argument("--experiments", default="colour,shape", help="comma-separated: colour, shape")
+    ap.add_argument("--precisions", default=None,
+                    help="issue 15: run the colour experiment's init and ZO rows through the desktop bundle of each "
+                         "of these precisions (e.g. int8,int4; bundles exported under --work) and write "
+                         "personalization-precision.json")
     ap.add_argument("--bundle", type=Path, default=Path("/tmp/ralu-personalization/shapes-desktop-int8"),
                     help="int8 desktop bundle of shapes (exported there when missing)")
     ap.add_argument("--puts-shift", type=float, default=PUTS_SHIFT,
@@ -441,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = build_parser().parse_args()
     if args.worker:
-        fn = worker_ti if args.worker == "ti" else worker_generate if args.worker == "generate" else worker_zo
+        fn = worker_ti if args.worker in ("ti", "ft") else worker_generate if args.worker == "generate" else worker_zo
         args.result.write_text(json.dumps(fn(args)))
         return 0
 
@@ -457,6 +495,22 @@ def main() -> int:
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    if args.precisions:
+        report = {"benchmark": "personalization-precision", "issue": 15, "environment": environment(None, args.threads),
+                  "experiment": "colour", "zo_steps": args.steps, "settings": {"zo_lr": args.zo_lr,
+                  "theta_units": args.theta_units, "puts_sigma_shift": args.puts_shift, "seed": args.seed,
+                  "generation_steps": GEN_STEPS, "eval_seeds": args.eval_seeds},
+                  "precisions": run_precision_compare(args, env)}
+        report["total_seconds"] = time.perf_counter() - t_start
+        report["environment"]["load_average_at_end"] = measure.load_average()
+        (args.out / "personalization-precision.json").write_text(json.dumps(report, indent=1))
+        lines = [f"{'precision':<10} {'concept':>8} {'init':>6} {'peakMB':>8} {'growMB':>8} {'s/step':>8}"]
+        for k, r in report["precisions"].items():
+            lines.append(f"{k:<10} {r['zo_concept_score']:>8.3f} {r['init_concept_score']:>6.3f} "
+                         f"{r['zo_peak_rss_mb']:>8.0f} {r['zo_rss_growth_mb']:>8.0f} {r['zo_seconds_per_step']:>8.3f}")
+        print("\n".join(lines))
+        return 0
+
     if args.large_flux:
         env_info = environment(None, args.threads)
         report = {"benchmark": "personalization-large-flux", "issue": 6, "environment": env_info,
@@ -464,9 +518,9 @@ def main() -> int:
         report["total_seconds"] = time.perf_counter() - t_start
         report["environment"]["load_average_at_end"] = measure.load_average()
         (args.out / "personalization-flux100m.json").write_text(json.dumps(report, indent=1))
-        lines = [f"{'fit':<4} {'peakMB':>8} {'baseMB':>8} {'growMB':>8} {'s/step':>8}"]
+        lines = [f"{'fit':<8} {'peakMB':>8} {'baseMB':>8} {'growMB':>8} {'s/step':>8}"]
         for k, r in report["rows"].items():
-            lines.append(f"{k:<4} {r['peak_rss_mb']:>8.0f} {r['baseline_rss_mb']:>8.0f} {r['rss_growth_mb']:>8.0f} "
+            lines.append(f"{k:<8} {r['peak_rss_mb']:>8.0f} {r['baseline_rss_mb']:>8.0f} {r['rss_growth_mb']:>8.0f} "
                          f"{r['seconds_per_step']:>8.2f}")
         print("\n".join(lines), file=sys.stderr if args.json else sys.stdout)
         if args.json:

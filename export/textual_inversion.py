@@ -177,7 +177,8 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
                     lr: float = 5e-3, batch_size: int = 1, sigma_range: tuple[float, float] | PutsConfig | None = None,
                     *, captions: Sequence[str] | None = None, posterior: PosteriorMode = "sample",
                     guidance: float = FLUX_DEFAULT_GUIDANCE, theta_units: str = "absolute",
-                    on_step: Callable[[TiStep], None] | None = None) -> tuple[dict[str, np.ndarray], TiHistory]:
+                    on_step: Callable[[TiStep], None] | None = None, train_denoiser: bool = False
+                    ) -> tuple[dict[str, np.ndarray], TiHistory]:
     """Textual Inversion by backpropagation: ({"clip_l": [1, d_clip], "t5": [1, d_t5]} float32, history).
 
     Adds `token` to `pipe` (add_placeholder_token), trains its two rows with Adam (β 0.9/0.999, ε 1e-8, no
@@ -189,7 +190,9 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
     posterior: "sample" draws x₀ from the VAE posterior every step (spec §10.1, the reference); "mean" uses the
     posterior mean, which models trained on means need (the built-in `shapes` model; see posterior_latents).
     theta_units: "absolute" trains the rows themselves; "table_rms" trains each row divided by the RMS of its
-    encoder's token table, i.e. a per-encoder lr, as ralu_runtime.personalize.PersonalizeConfig.theta_units."""
+    encoder's token table, i.e. a per-encoder lr, as ralu_runtime.personalize.PersonalizeConfig.theta_units.
+    train_denoiser: also train every transformer parameter with the same Adam (a DreamBooth-style full
+    fine-tune, the memory baseline ZOODiP's "up to 8.2x" is measured against; issue 15)."""
     if theta_units not in ("absolute", "table_rms"):
         raise UserError(f"unknown theta_units {theta_units!r}; choose absolute or table_rms")
     if posterior not in POSTERIOR_MODES:
@@ -213,7 +216,11 @@ def fit_first_order(pipe, images_u8: np.ndarray, token: str, init_word: str, ste
                                     .detach().clone().float() / scales[key]) for key, (_, enc) in ENCODERS.items()}
     hooks = [_injected_rows(getattr(pipe, enc).get_input_embeddings(), placeholder.ids[key], rows[key],
                             scales[key]) for key, (_, enc) in ENCODERS.items()]
-    optimizer = torch.optim.Adam(list(rows.values()), lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    trained = list(rows.values())
+    if train_denoiser:
+        pipe.transformer.requires_grad_(True)
+        trained += list(pipe.transformer.parameters())
+    optimizer = torch.optim.Adam(trained, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     losses, start = [], time.monotonic()
     try:
         for step in range(1, steps + 1):
