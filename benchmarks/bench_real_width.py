@@ -1,0 +1,327 @@
+"""Weight precision at FLUX.1's real block width (issue 15, item 3): a random-weight FLUX with hidden 3072 (24 heads x
+128), FLUX.1's MLP ratio 4 and RoPE axes (16, 56, 56), and a few blocks (default 1 double + 1 single), exported
+to the desktop target at fp32 / int8 (weight-only per-channel QDQ) / int4 (MatMulNBits, export/quantize.NBITS),
+each phase in its own process so that its peak RSS (VmHWM) is its own:
+
+  build    ralu_export.tiny_models.build_large_flux (skipped when --model holds the folder)
+  export   `ralu-export --target desktop --precision P` in-process: wall seconds, peak RSS
+  weights  bytes per block (initializers named transformer_blocks.<i>. / single_transformer_blocks.<i>.) in the
+           exported denoiser graph, and the rest
+  step     the bundle's denoiser session alone (manifest session config, --threads): open time and peak RSS
+           after opening, then per-call ms at 512² and 1024² token counts (1024 and 4096 image tokens + the
+           text tokens), peak RSS after the calls
+
+The per-block bytes are then extrapolated to FLUX.1-dev (19 double + 38 single blocks; the blocks are 99.5 % of
+its 11.9 B parameters) and, by measured bytes per block parameter, to SD3.5-medium (2.5 B parameters, its
+published size), and set beside stable-diffusion.cpp's published FLUX.1-dev GGUF sizes (docs/flux.md there:
+q8_0 12.1 GB, q4_0 6.4 GB). Writes a table to stdout and benchmarks/results/real_width.{json,md}.
+
+    nice -n 5 python benchmarks/bench_real_width.py --work /tmp/ralu-real-width
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import measure
+
+RESULTS = Path(__file__).parent / "results"
+PRECISIONS = ("fp32", "int8", "int4")
+FLUX1_DEV = {"double": 19, "single": 38, "parameters": 11.9e9}
+SD35_MEDIUM_PARAMETERS = 2.5e9
+SD_CPP_FLUX1_DEV_GB = {"q8_0": 12.1, "q4_0": 6.4}  # leejet/stable-diffusion.cpp docs/flux.md (ANCHORS.md)
+BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.")
+
+
+# ---------------------------------------------------------------- children (one process each)
+
+def child_build(args) -> dict:
+    from ralu_export.tiny_models import build_large_flux
+
+    started = time.perf_counter()
+    build_large_flux(args.model, layers=args.layers, single_layers=args.single_layers, heads=args.heads)
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb()}
+
+
+def child_export(args) -> dict:
+    from ralu_export import cli
+
+    started = time.perf_counter()
+    code = cli.main(["--model", str(args.model), "--target", "desktop", "--precision", args.precision,
+                     "--height", str(args.size), "--width", str(args.size), "--presets", "flux-4x",
+                     "--out", str(args.bundle), "--force"])
+    if code:
+        raise SystemExit(code)
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb()}
+
+
+def child_weights(args) -> dict:
+    """Initializer bytes of the exported denoiser graph per block and outside the blocks (no tensor is read)."""
+    import onnx
+
+    from ralu_edge.manifest import read_manifest
+
+    manifest = read_manifest(args.bundle)
+    graph = manifest.graph(manifest.denoiser.stage_graphs[0].graph)
+    model = onnx.load(str(args.bundle / graph.file), load_external_data=False)
+    per_block: dict[str, int] = {}
+    other = 0
+    for tensor in model.graph.initializer:
+        size = tensor_bytes(tensor)
+        match = BLOCK.match(tensor.name)
+        if match:
+            key = f"{'double' if match.group(1) == 'transformer_blocks' else 'single'}.{match.group(2)}"
+            per_block[key] = per_block.get(key, 0) + size
+        else:
+            other += size
+    return {"per_block_bytes": per_block, "other_bytes": other, "graph": graph.file,
+            "precision": graph.precision}
+
+
+def tensor_bytes(tensor) -> int:
+    """Stored bytes of an initializer (external or inline), from its metadata."""
+    for entry in tensor.external_data:
+        if entry.key == "length":
+            return int(entry.value)
+    if tensor.raw_data:
+        return len(tensor.raw_data)
+    import onnx
+
+    return int(np.prod(tensor.dims)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def child_step(args) -> dict:
+    """The denoiser session alone at each token count: open time, peak RSS, per-call seconds."""
+    return _time_graph(args, None)
+
+
+def _time_graph(args, path: Path | None) -> dict:
+    """Open the bundle's denoiser graph (or the graph at `path` with the bundle's geometry) and time it."""
+    import onnxruntime as ort
+
+    from ralu_edge.rope import rope_tables
+    from ralu_edge.tokens import grid_positions
+    from ralu_runtime.bundle import open_bundle
+    from ralu_runtime.sessions import SessionConfig, session_options
+
+    bundle = open_bundle(args.bundle, verify=False)
+    manifest, spec = bundle.manifest, bundle.manifest.denoiser
+    graph = manifest.graph(spec.stage_graphs[0].graph)
+    so = session_options(SessionConfig(threads=args.threads))
+    so.enable_mem_pattern = False  # as the runtime opens dynamic-token graphs (runtime/sessions.py)
+    for key, value in graph.session_config.items():
+        so.add_session_config_entry(key, value)
+    started = time.perf_counter()
+    session = ort.InferenceSession(str(path or bundle.path(graph.file)), so, providers=["CPUExecutionProvider"])
+    out = {"open_seconds": time.perf_counter() - started, "peak_rss_mb_after_open": measure.peak_rss_mb(),
+           "after_open": measure.memory_mb(), "calls": {}}
+    names = {i.name for i in session.get_inputs()}
+    rng = np.random.default_rng(0)
+    for side in args.grids:
+        tokens = side * side
+        text_ids = np.zeros((spec.text_length, len(manifest.rope.axes_dim)))
+        cos, sin = rope_tables(np.concatenate([text_ids, grid_positions(side, side)]), manifest.rope.axes_dim,
+                               manifest.rope.theta)
+        feeds = {"hidden_states": rng.standard_normal((1, tokens, spec.token_channels), np.float32),
+                 "encoder_hidden_states": rng.standard_normal((1, spec.text_length, spec.text_dim), np.float32),
+                 "pooled_projections": rng.standard_normal((1, spec.pooled_dim), np.float32),
+                 "timestep": np.asarray([0.5], np.float32), "rope_cos": cos, "rope_sin": sin,
+                 "guidance": np.asarray([3.5], np.float32)}
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        # One untimed warm-up before the first size only: with memory patterns off (as the runtime runs
+        # dynamic-token graphs) every call allocates its own buffers, and a 1024² call costs minutes here.
+        warmup = 1 if side == args.grids[0] else 0
+        seconds, first = [], None
+        for i in range(args.calls + warmup):
+            t0 = time.perf_counter()
+            velocity = session.run(None, feeds)[0]
+            if i >= warmup:
+                seconds.append(time.perf_counter() - t0)
+            first = velocity if first is None else first
+        np.save(args.work / f"velocity-{args.precision.replace(':', '-')}-{tokens}.npy", first)
+        out["calls"][str(tokens)] = {"image_tokens": tokens, "text_tokens": spec.text_length,
+                                     "seconds": seconds, "median_ms": float(np.median(seconds)) * 1e3,
+                                     "peak_rss_mb": measure.peak_rss_mb()}
+    out["peak_rss_mb"] = measure.peak_rss_mb()
+    return out
+
+
+SWEEP = ((4, 32, 4), (4, 128, 4), (4, 32, 1), (8, 32, 4), (8, 32, 1))
+
+
+def child_sweep(args) -> dict:
+    """MatMulNBits settings (bits, block_size, accuracy_level) on the fp32 bundle's denoiser graph: each
+    quantized by export/quantize's pass into a scratch file, its session opened alone, then per-call ms at
+    the first --grids side and its output against fp32's (the choice of quantize.NBITS)."""
+    import onnx_ir as ir
+
+    from ralu_export.quantize import NBitsConfig, _quantize_nbits_ir
+
+    bits, block, level = (int(v) for v in args.precision.split(":"))
+    source = ir.load(str(args.work / "bundle-fp32" / "transformer" / "denoiser.onnx"))
+    path = args.work / "sweep" / f"denoiser-{bits}-{block}-{level}.onnx"
+    path.parent.mkdir(exist_ok=True)
+    ir.save(_quantize_nbits_ir(source, NBitsConfig(bits, block, level)), str(path), external_data=path.name + ".data")
+    del source
+    args.bundle = args.work / "bundle-fp32"
+    return _time_graph(args, path)
+
+
+CHILDREN = {"build": child_build, "export": child_export, "weights": child_weights, "step": child_step,
+            "sweep": child_sweep}
+
+
+def run_child(phase: str, args, precision: str = "fp32") -> dict:
+    bundle = args.work / f"bundle-{precision}"
+    cmd = ["nice", "-n", "5", sys.executable, __file__, "--child", phase, "--model", str(args.model), "--work",
+           str(args.work), "--bundle", str(bundle), "--precision", precision, "--size", str(args.size),
+           "--threads", str(args.threads), "--calls", str(args.calls), "--grids", *map(str, args.grids),
+           "--layers", str(args.layers), "--single-layers", str(args.single_layers), "--heads", str(args.heads)]
+    print(f"phase {phase} {precision}", file=sys.stderr, flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"phase {phase} ({precision}) failed with exit status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- extrapolation and report
+
+def extrapolate(weights: dict) -> dict:
+    """Per precision: bytes of one double and one single block (block 0 of each), FLUX.1-dev's 19 + 38 blocks,
+    bytes per block parameter, and SD3.5-medium's 2.5 B parameters at that rate (GB = 1e9 bytes)."""
+    fp32 = weights["fp32"]["per_block_bytes"]
+    block_params = (fp32["double.0"] + fp32["single.0"]) / 4
+    out = {}
+    for precision, w in weights.items():
+        double, single = w["per_block_bytes"]["double.0"], w["per_block_bytes"]["single.0"]
+        flux = FLUX1_DEV["double"] * double + FLUX1_DEV["single"] * single
+        rate = (double + single) / block_params
+        out[precision] = {"double_block_bytes": double, "single_block_bytes": single,
+                          "ratio_to_fp32": (double + single) / (fp32["double.0"] + fp32["single.0"]),
+                          "bytes_per_parameter": rate, "flux1_dev_blocks_gb": flux / 1e9,
+                          "sd35_medium_gb": rate * SD35_MEDIUM_PARAMETERS / 1e9}
+    return out
+
+
+def quality(work: Path, grids: list[int], precisions=PRECISIONS[1:]) -> dict:
+    """Each precision's first velocity at each token count against fp32's: max relative error and cosine."""
+    out = {}
+    for precision in precisions:
+        for side in grids:
+            tokens = side * side
+            ref, got = (np.load(work / f"velocity-{p.replace(':', '-')}-{tokens}.npy").ravel().astype(np.float64)
+                        for p in ("fp32", precision))
+            out[f"{precision}@{tokens}"] = {
+                "max_rel_error": float(np.abs(got - ref).max() / np.abs(ref).max()),
+                "cosine": float(ref @ got / (np.linalg.norm(ref) * np.linalg.norm(got)))}
+    return out
+
+
+def table(doc: dict) -> str:
+    lines = [f"{'precision':9s} {'export s':>8s} {'exp RSS':>8s} {'open RSS':>8s} "
+             + " ".join(f"{t + ' tok ms':>14s}" for t in doc["step"]["fp32"]["calls"])
+             + f" {'run RSS':>8s} {'dbl MB':>7s} {'sgl MB':>7s} {'x fp32':>6s} {'FLUX.1-dev GB':>13s} {'SD3.5-M GB':>10s}",
+             "-" * 140]
+    for p in PRECISIONS:
+        e, s, x = doc["export"][p], doc["step"][p], doc["extrapolated"][p]
+        lines.append(f"{p:9s} {e['seconds']:8.0f} {e['peak_rss_mb']:8.0f} {s['peak_rss_mb_after_open']:8.0f} "
+                     + " ".join(f"{c['median_ms']:14.0f}" for c in s["calls"].values())
+                     + f" {s['peak_rss_mb']:8.0f} {x['double_block_bytes'] / 2**20:7.0f} "
+                       f"{x['single_block_bytes'] / 2**20:7.0f} {x['ratio_to_fp32']:6.3f} "
+                       f"{x['flux1_dev_blocks_gb']:13.2f} {x['sd35_medium_gb']:10.2f}")
+    lines.append(f"stable-diffusion.cpp FLUX.1-dev (published): q8_0 {SD_CPP_FLUX1_DEV_GB['q8_0']} GB, "
+                 f"q4_0 {SD_CPP_FLUX1_DEV_GB['q4_0']} GB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("/tmp/ralu-real-width"), help="folder for model and bundles")
+    p.add_argument("--model", type=Path, help="pipeline folder (default WORK/model; built when missing)")
+    p.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, default=128, help="bundle height = width (px) of the export")
+    p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
+    p.add_argument("--calls", type=int, default=2, help="timed denoiser calls per token count after one warm-up")
+    p.add_argument("--grids", type=int, nargs="+", default=[32, 64],
+                   help="token grid sides to time (32: 512² images, 64: 1024²)")
+    p.add_argument("--layers", type=int, default=1, help="double-stream blocks")
+    p.add_argument("--single-layers", type=int, default=1, help="single-stream blocks")
+    p.add_argument("--heads", type=int, default=24, help="attention heads (x 128): 24 is FLUX.1's 3072")
+    p.add_argument("--sweep", action="store_true",
+                   help="also time MatMulNBits bits/block/accuracy settings at the first --grids side (SWEEP)")
+    p.add_argument("--json", type=Path, default=RESULTS / "real_width.json")
+    p.add_argument("--md", type=Path, default=RESULTS / "real_width.md")
+    args = p.parse_args(argv)
+    args.model = args.model or args.work / "model"
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](args)))
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": "bench_real_width", "issue": 15,
+           "environment": measure.environment(args.threads, ("onnxruntime", "numpy")),
+           "model": {"heads": args.heads, "head_dim": 128, "hidden": args.heads * 128, "double_blocks": args.layers,
+                     "single_blocks": args.single_layers, "export_size_px": args.size},
+           "grids": args.grids, "calls": args.calls}
+    if not (args.model / "model_index.json").is_file():
+        doc["build"] = run_child("build", args)
+    doc["export"], doc["weights"], doc["step"] = {}, {}, {}
+    for precision in PRECISIONS:
+        if not (args.work / f"bundle-{precision}" / "ralu_config.json").is_file():
+            doc["export"][precision] = run_child("export", args, precision)
+        else:
+            doc["export"][precision] = json.loads((args.work / f"export-{precision}.json").read_text())
+        (args.work / f"export-{precision}.json").write_text(json.dumps(doc["export"][precision]))
+        doc["weights"][precision] = run_child("weights", args, precision)
+    for precision in PRECISIONS:
+        doc["step"][precision] = run_child("step", args, precision)
+    if args.sweep:
+        sweep_args = argparse.Namespace(**{**vars(args), "grids": args.grids[:1]})
+        doc["sweep"] = {}
+        for bits, block, level in SWEEP:
+            key = f"{bits}:{block}:{level}"
+            doc["sweep"][key] = run_child("sweep", sweep_args, key)
+            doc["sweep"][key]["vs_fp32"] = quality(args.work, args.grids[:1], (key,))
+            print(f"sweep {key}: {list(doc['sweep'][key]['calls'].values())[0]['median_ms']:.0f} ms", file=sys.stderr)
+    doc["extrapolated"] = extrapolate(doc["weights"])
+    doc["quality_vs_fp32"] = quality(args.work, args.grids)
+    doc["load_average_at_end"] = measure.load_average()
+    text = table(doc)
+    print(text)
+    args.json.write_text(json.dumps(doc, indent=1) + "\n")
+    env = doc["environment"]
+    q = "; ".join(f"{k}: cosine {v['cosine']:.4f}, max rel {v['max_rel_error']:.3g}"
+                  for k, v in doc["quality_vs_fp32"].items())
+    args.md.write_text(
+        "# Real-width FLUX blocks at fp32 / int8 / int4 (issue 15)\n\n"
+        f"Random-weight FLUX, hidden {args.heads * 128} ({args.heads} heads x 128), MLP ratio 4, RoPE axes "
+        f"(16, 56, 56), {args.layers} double + {args.single_layers} single blocks; desktop bundles exported at "
+        f"{args.size} px. CPU {env['cpu']}, {env['cores']} cores (shared; load average at start "
+        f"{', '.join(f'{x:.1f}' for x in env['load_average_at_start'])}, at end "
+        f"{', '.join(f'{x:.1f}' for x in doc['load_average_at_end'])}), ORT {env['onnxruntime']}, "
+        f"{args.threads} thread(s), each phase its own process (peak RSS = its VmHWM, MB = 2^20 bytes), "
+        f"median of {args.calls} call(s) per token count, one warm-up call before the first count only (text "
+        "tokens added: the tiny T5's length). "
+        "Block MB: one double / single block's weight bytes as stored; FLUX.1-dev GB: 19 double + 38 single "
+        "blocks at those bytes (1e9 bytes; the blocks are 99.5 % of its parameters); SD3.5-M GB: its 2.5 B "
+        "parameters at the measured bytes per block parameter. stable-diffusion.cpp's published FLUX.1-dev "
+        "files: q8_0 12.1 GB, q4_0 6.4 GB.\n\n"
+        f"Output agreement with fp32 (first call, random inputs): {q}.\n\n"
+        f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_real_width.py --work {args.work} "
+        f"--threads {args.threads} --grids {' '.join(map(str, args.grids))}`\n\n```\n{text}\n```\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
