@@ -143,6 +143,10 @@ def load_lora(bundle: Bundle, request: LoraRequest) -> LoadedLora:
             continue
         groups.setdefault(split[0], {})[split[1]] = value
     if unknown:
+        split = _split_key(unknown[0])
+        if split is not None and split[0].split(".", 1)[0] in spec.components and manifest.precision == "int4":
+            raise UserError(f"{path}: {unknown[0]!r} addresses a weight this int4 bundle holds in 4-bit blocks, "
+                            "which take no LoRA; use an fp32 or int8 bundle of the model.")
         raise UserError(f"{path}: {len(unknown)} of its {len(tensors)} keys name no weight this bundle's "
                         f"{manifest.model.pipeline_class} can take (first: {unknown[0]!r}); the LoRA was made for "
                         "another model or in a format diffusers does not load for it.")
@@ -204,9 +208,14 @@ def _target_overrides(bundle: Bundle, target: LoraTarget, factors: list[LoraFact
 def lora_overrides(bundle: Bundle, loras: list[LoadedLora]) -> dict[str, dict[str, np.ndarray]]:
     """{graph name: {initializer: merged tensor}} for every graph a LoRA in `loras` touches (empty: none)."""
     overrides: dict[str, dict[str, np.ndarray]] = {}
+    merged: dict[tuple, list[np.ndarray]] = {}  # graphs reading the same stored tensors share one merge
     for graph in bundle.manifest.graphs:
         for target in graph.lora_targets:
             factors = [lora.modules[target.module] for lora in loras if target.module in lora.modules]
             if factors:
-                overrides.setdefault(graph.name, {}).update(_target_overrides(bundle, target, factors))
+                key = (target.module, target.layout, target.transposed, target.weight_at, target.scale_at)
+                if key not in merged:
+                    merged[key] = list(_target_overrides(bundle, target, factors).values())
+                names = [target.weight] + ([target.scale] if target.layout != "float" else [])
+                overrides.setdefault(graph.name, {}).update(zip(names, merged[key]))
     return overrides

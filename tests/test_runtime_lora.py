@@ -227,3 +227,17 @@ def test_a_bundle_without_lora_support_refuses_in_its_manifests_sentence(pipe):
     old = Bundle(pipe.bundle.root, dataclasses.replace(pipe.bundle.manifest, lora=None))
     with pytest.raises(UserError, match="records no LoRA targets"):
         load_lora(old, LoraRequest(LORA))
+
+
+def test_an_int4_bundle_refuses_a_lora_on_its_4_bit_denoiser_in_one_sentence(pipe):
+    import dataclasses
+
+    from ralu_runtime.bundle import Bundle
+    from ralu_runtime.lora import load_lora
+
+    manifest = pipe.bundle.manifest  # issue 15's int4 bundles: the denoiser's MatMulNBits 4-bit blocks record no targets
+    graphs = tuple(dataclasses.replace(g, lora_targets=()) if g.role.startswith("denoiser") else g
+                   for g in manifest.graphs)
+    int4 = Bundle(pipe.bundle.root, dataclasses.replace(manifest, precision="int4", graphs=graphs))
+    with pytest.raises(UserError, match="int4 bundle holds in 4-bit blocks"):
+        load_lora(int4, LoraRequest(LORA))

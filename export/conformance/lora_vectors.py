@@ -40,7 +40,8 @@ class _Folder:
         spec = manifest_json["lora"]
         lora = LoraSpec(tuple(spec["components"]), tuple(
             LoraAlias(a["name"], tuple(LoraAliasPart(**p) for p in a["parts"])) for a in spec["aliases"]), spec["note"])
-        self.manifest = SimpleNamespace(graphs=graphs, lora=lora, model=SimpleNamespace(pipeline_class="FluxPipeline"))
+        self.manifest = SimpleNamespace(graphs=graphs, lora=lora, precision="int8",
+                                        model=SimpleNamespace(pipeline_class="FluxPipeline"))
 
     def path(self, relative: str) -> Path:
         return self.root / relative
