@@ -113,13 +113,13 @@ EFFECT_PROMPTS = [("a large red circle on the left", "left"), ("a red square on 
 CONTROL_PROMPTS = [("a blue square on the right", "right"), ("a large yellow circle on the left", "left")]
 
 
-def test_the_classifier_reads_red_turned_green_other_colours_kept_and_red_back_after_removal(runtime):
+def test_the_classifier_reads_red_turned_green_and_other_colours_kept(runtime):
     from ralu_export.eval.classifier import SLOTS
     from ralu_export.eval.scoring import classify, load_classifier
     from ralu_export.shapes_world import COLOURS
 
     colours, clf = list(COLOURS), load_classifier()
-    jobs = [(prompt, position, seed) for prompt, position in EFFECT_PROMPTS + CONTROL_PROMPTS for seed in (0, 1)]
+    jobs = [(prompt, position, 0) for prompt, position in EFFECT_PROMPTS + CONTROL_PROMPTS]
 
     def colours_read() -> list[str]:
         pred = classify(clf, np.stack([runtime(p, steps=12, seed=s).image for p, _, s in jobs]))
@@ -132,10 +132,10 @@ def test_the_classifier_reads_red_turned_green_other_colours_kept_and_red_back_a
         with_lora = colours_read()
     finally:
         runtime.unload_lora()
-    red, control = slice(0, 2 * len(EFFECT_PROMPTS)), slice(2 * len(EFFECT_PROMPTS), None)
-    # measured: 8/8 red without, 8/8 green with; blue and yellow kept in 4/4 (docs/lora.md)
-    assert base[red].count("red") >= 7 and with_lora[red].count("green") >= 7, (base, with_lora)
-    assert sum(a == b for a, b in zip(base[control], with_lora[control])) >= 3, (base, with_lora)
+    red, control = slice(0, len(EFFECT_PROMPTS)), slice(len(EFFECT_PROMPTS), None)
+    # measured over seeds 0 and 1: 8/8 red without, 8/8 green with; blue and yellow kept 4/4 (docs/lora.md)
+    assert base[red].count("red") >= 3 and with_lora[red].count("green") >= 3, (base, with_lora)
+    assert base[control] == with_lora[control], (base, with_lora)
 
 
 @pytest.mark.slow
