@@ -232,34 +232,20 @@ def test_each_command_line_refuses_through_python_m_with_one_last_line(case, tmp
 
 # --------------------------------------------------------------------------------- per CLI: Ctrl-C
 
-class _FakePipeline:
-    modes = ("baseline",)
-
-    def check_size(self, height, width):
-        pass
-
-    def check_guidance_scale(self, scale):
-        return None
-
-    def check_prompt(self, prompt):
-        pass
-
-
 @pytest.mark.parametrize("out_existed", [False, True])
-def test_ctrl_c_in_ralu_run_exits_130_and_takes_back_only_an_out_it_created(out_existed, tmp_path, capsys,
-                                                                          monkeypatch):
+def test_ctrl_c_in_ralu_run_exits_130_and_takes_back_only_an_out_it_created(out_existed, desktop_bundle, tmp_path,
+                                                                          capsys, monkeypatch):
+    # the real pipeline and every check before the first image; Ctrl-C arrives as generation starts
     from ralu_runtime import cli_run
-    from ralu_runtime.pipeline import Pipeline
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Pipeline, "from_bundle", classmethod(lambda cls, *a, **k: _FakePipeline()))
     monkeypatch.setattr(cli_run, "generate_images", interrupted)
     out = tmp_path / "out"
     if out_existed:
         out.mkdir()
-    assert cli_run.main(["--bundle", str(tmp_path), "--prompt", "x", "--out", str(out)]) == 130
+    assert cli_run.main(["--bundle", str(desktop_bundle), "--prompt", "x", "--out", str(out)]) == 130
     assert capsys.readouterr().err == "interrupted\n"
     assert out.is_dir() == out_existed
 
