@@ -98,6 +98,7 @@ def test_int4_is_refused_for_targets_without_matmulnbits_before_any_model_loads(
         plan_export(ExportConfig(model="shapes", target=target, out=tmp_path / "b", precision="int4"))
 
 
+@pytest.mark.slow  # a fresh interpreter importing the exporter: ~10 s
 def test_ralu_export_refuses_int4_for_ios_with_exit_status_2(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ralu_export.cli", "--model", "shapes", "--target", "ios",
                            "--precision", "int4", "--out", str(tmp_path / "b")], capture_output=True, text=True)
@@ -125,3 +126,19 @@ def test_an_int4_bundle_runs_matmulnbits_and_keeps_int8_text_encoders(request, t
                            str(tmp_path), "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["seconds_load"] > 0
+
+
+@pytest.mark.parametrize("target", ["desktop", "android"])
+def test_an_int4_bundle_quantizes_denoisers_to_4_bits_and_text_encoders_as_int8_bundles_do(target):
+    from ralu_export.families import FAMILIES
+    from ralu_export.int8_policy import int8_method, precision_label
+
+    for family in FAMILIES.values():
+        for spec in family.graphs:
+            method = int8_method(target, "int4", spec)
+            if spec.role in ("denoiser", "denoiser_ids"):
+                assert precision_label(method) == "int4-matmul_nbits", spec.name
+            elif spec.role == "text_encoder":
+                assert method == int8_method(target, "int8", spec) == "weight_qdq", spec.name
+            else:
+                assert method is None, spec.name
