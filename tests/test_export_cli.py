@@ -27,7 +27,7 @@ def _refused(capsys, tmp_path, *args: str) -> str:
     (["--model", "shapes", "--target", "desktop", "--width", "0"], "width 0 is not a positive multiple"),
     (["--model", "shapes", "--target", "android", "--presets", "flux-4x,flux-9x"], "unknown RALU preset 'flux-9x'"),
     (["--model", "shapes", "--target", "tv"], "invalid choice: 'tv'"),
-    (["--model", "shapes", "--target", "desktop", "--precision", "int4"], "invalid choice: 'int4'"),
+    (["--model", "shapes", "--target", "desktop", "--precision", "int2"], "invalid choice: 'int2'"),
 ])
 def test_bad_requests_exit_2_with_one_sentence_and_write_nothing(capsys, tmp_path, args, words):
     line = _refused(capsys, tmp_path, *args, "--out", str(tmp_path / "bundle"))
@@ -131,8 +131,10 @@ def test_an_android_export_prints_only_its_progress_and_parity_table(tmp_path):
     progress = lines[:-len(table.splitlines())]
     assert "\n".join(lines[len(progress):]) == table
     graphs = read_manifest(out).graphs
+    # one line per graph, the ORT conversion, the LoRA name record and the TeaCache calibration: one line each
     assert [line.split(":")[0] for line in progress] == (
-        ["INFO ralu_export.onnx_graphs"] * len(graphs) + ["INFO ralu_export.ort_format"]), done.stderr
+        ["INFO ralu_export.onnx_graphs"] * len(graphs) + ["INFO ralu_export.ort_format", "INFO ralu_export.lora_names",
+                                                          "INFO ralu_export.cache_calibration"]), done.stderr
 
 
 def test_help_runs_as_a_module_and_names_every_target():
