@@ -1,10 +1,12 @@
 """Weight precision at FLUX.1's real block width (issue 15, item 3): a random-weight FLUX with hidden 3072 (24 heads x
 128), FLUX.1's MLP ratio 4 and RoPE axes (16, 56, 56), and a few blocks (default 1 double + 1 single), exported
-to the desktop target at fp32 / int8 (weight-only per-channel QDQ) / int4 (MatMulNBits, export/quantize.NBITS),
+to the desktop target at fp32 and quantized to int8 (weight-only per-channel QDQ) / int4 (MatMulNBits,
+export/quantize.NBITS),
 each phase in its own process so that its peak RSS (VmHWM) is its own:
 
   build    ralu_export.tiny_models.build_large_flux (skipped when --model holds the folder)
-  export   `ralu-export --target desktop --precision P` in-process: wall seconds, peak RSS
+  export   `ralu-export --target desktop` (fp32) in-process: wall seconds, peak RSS
+  quantize int8 / int4: the exporter's quantize stage on that exported graph, streamed: wall seconds, peak RSS
   weights  bytes per block (initializers named transformer_blocks.<i>. / single_transformer_blocks.<i>.) in the
            exported denoiser graph, and the rest
   step     the bundle's denoiser session alone (manifest session config, --threads): open time and peak RSS
@@ -39,7 +41,7 @@ PRECISIONS = ("fp32", "int8", "int4")
 FLUX1_DEV = {"double": 19, "single": 38, "parameters": 11.9e9}
 SD35_MEDIUM_PARAMETERS = 2.5e9
 SD_CPP_FLUX1_DEV_GB = {"q8_0": 12.1, "q4_0": 6.4}  # leejet/stable-diffusion.cpp docs/flux.md (ANCHORS.md)
-BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.")
+BLOCK = re.compile(r"^(?:transformer\.)?(transformer_blocks|single_transformer_blocks)\.(\d+)\.")  # boundary module prefix
 
 
 # ---------------------------------------------------------------- children (one process each)
@@ -50,6 +52,37 @@ def child_build(args) -> dict:
     started = time.perf_counter()
     build_large_flux(args.model, layers=args.layers, single_layers=args.single_layers, heads=args.heads)
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb()}
+
+
+def child_quantize(args) -> dict:
+    """The exporter's quantize stage (export/quantize.quantize: weight_qdq for int8, MatMulNBits for int4) on the
+    fp32 bundle's exported denoiser graph, streamed one weight at a time as ralu-export does, saved beside it:
+    wall seconds and peak RSS. (A whole `ralu-export --precision int8/int4` of this model repeats the fp32
+    export's tracing and parity runs, 26 min on this shared machine: its RSS is the fp32 row's, since
+    quantizing streams.)"""
+    import onnx_ir as ir
+
+    from ralu_export.quantize import quantize
+
+    started = time.perf_counter()
+    source = ir.load(str(args.work / "bundle-fp32" / "transformer" / "denoiser.onnx"))
+    path = quantized_path(args.work, args.precision)
+    path.parent.mkdir(exist_ok=True)
+    ir.save(quantize(source, METHODS[args.precision]), str(path), external_data=path.name + ".data")
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": measure.peak_rss_mb(),
+            "method": METHODS[args.precision], "stage": "quantize (export/quantize.py) of the exported fp32 graph"}
+
+
+METHODS = {"int8": "weight_qdq", "int4": "nbits4"}
+
+
+def quantized_path(work: Path, precision: str) -> Path:
+    return work / "quantized" / f"denoiser-{precision}.onnx"
+
+
+def graph_path(work: Path, precision: str) -> Path:
+    return work / "bundle-fp32" / "transformer" / "denoiser.onnx" if precision == "fp32" else \
+        quantized_path(work, precision)
 
 
 def child_export(args) -> dict:
@@ -65,14 +98,35 @@ def child_export(args) -> dict:
 
 
 def child_weights(args) -> dict:
-    """Initializer bytes of the exported denoiser graph per block and outside the blocks (no tensor is read)."""
+    """Stored bytes of the denoiser graph, and the transformer's parameters per block from its safetensors
+    (names survive there; the ONNX exporter folds transposed weights into unnamed constants): matrix parameters
+    (2-D weights, what int8/int4 quantize) and the rest, per block and outside the blocks."""
+    from safetensors import safe_open
+
+    out = _graph_bytes(args)
+    params: dict[str, dict[str, int]] = {}
+    for path in sorted((args.model / "transformer").glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                match = BLOCK.match(key)
+                block = (f"{'double' if match.group(1) == 'transformer_blocks' else 'single'}.{match.group(2)}"
+                         if match else "other")
+                kind = "matrix" if len(shape) == 2 and int(np.prod(shape)) >= 256 else "rest"
+                params.setdefault(block, {"matrix": 0, "rest": 0})[kind] += int(np.prod(shape))
+    out["parameters"] = params
+    return out
+
+
+def _graph_bytes(args) -> dict:
+    """Initializer bytes of the exported denoiser graph per named block and in total (no tensor is read)."""
     import onnx
 
     from ralu_edge.manifest import read_manifest
 
-    manifest = read_manifest(args.bundle)
-    graph = manifest.graph(manifest.denoiser.stage_graphs[0].graph)
-    model = onnx.load(str(args.bundle / graph.file), load_external_data=False)
+    manifest = read_manifest(args.work / "bundle-fp32")
+    path = graph_path(args.work, args.precision)
+    model = onnx.load(str(path), load_external_data=False)
     per_block: dict[str, int] = {}
     other = 0
     for tensor in model.graph.initializer:
@@ -83,8 +137,8 @@ def child_weights(args) -> dict:
             per_block[key] = per_block.get(key, 0) + size
         else:
             other += size
-    return {"per_block_bytes": per_block, "other_bytes": other, "graph": graph.file,
-            "precision": graph.precision}
+    return {"per_block_bytes": per_block, "other_bytes": other, "total_bytes": other + sum(per_block.values()),
+            "graph": str(path), "model": manifest.model.name}
 
 
 def tensor_bytes(tensor) -> int:
@@ -101,7 +155,8 @@ def tensor_bytes(tensor) -> int:
 
 def child_step(args) -> dict:
     """The denoiser session alone at each token count: open time, peak RSS, per-call seconds."""
-    return _time_graph(args, None)
+    args.bundle = args.work / "bundle-fp32"
+    return _time_graph(args, graph_path(args.work, args.precision))
 
 
 def _time_graph(args, path: Path | None) -> dict:
@@ -118,8 +173,10 @@ def _time_graph(args, path: Path | None) -> dict:
     graph = manifest.graph(spec.stage_graphs[0].graph)
     so = session_options(SessionConfig(threads=args.threads))
     so.enable_mem_pattern = False  # as the runtime opens dynamic-token graphs (runtime/sessions.py)
-    for key, value in graph.session_config.items():
-        so.add_session_config_entry(key, value)
+    from ralu_export.quantize import SESSION_CONFIG
+
+    for key, value in SESSION_CONFIG.get(METHODS.get(args.precision, ""), {}).items():
+        so.add_session_config_entry(key, value)  # what the manifest records for the graph (weight_qdq: level 1)
     started = time.perf_counter()
     session = ort.InferenceSession(str(path or bundle.path(graph.file)), so, providers=["CPUExecutionProvider"])
     out = {"open_seconds": time.perf_counter() - started, "peak_rss_mb_after_open": measure.peak_rss_mb(),
@@ -155,7 +212,7 @@ def _time_graph(args, path: Path | None) -> dict:
     return out
 
 
-SWEEP = ((4, 32, 4), (4, 128, 4), (4, 32, 1), (8, 32, 4), (8, 32, 1))
+SWEEP = ((4, 32, 4),)  # level 4 beside the bundle's level 1 (4, 32, 1): the speed ZO safety costs
 
 
 def child_sweep(args) -> dict:
@@ -176,11 +233,22 @@ def child_sweep(args) -> dict:
     return _time_graph(args, path)
 
 
-CHILDREN = {"build": child_build, "export": child_export, "weights": child_weights, "step": child_step,
-            "sweep": child_sweep}
+CHILDREN = {"build": child_build, "export": child_export, "quantize": child_quantize, "weights": child_weights,
+            "step": child_step, "sweep": child_sweep}
 
 
 def run_child(phase: str, args, precision: str = "fp32") -> dict:
+    """One phase in a fresh process; its result is kept in WORK/results/ and reused by a rerun (--fresh redoes)."""
+    record = args.work / "results" / f"{phase}-{precision.replace(':', '-')}.json"
+    if record.is_file() and not args.fresh:
+        return json.loads(record.read_text())
+    result = _run_child(phase, args, precision)
+    record.parent.mkdir(exist_ok=True)
+    record.write_text(json.dumps(result))
+    return result
+
+
+def _run_child(phase: str, args, precision: str) -> dict:
     bundle = args.work / f"bundle-{precision}"
     cmd = ["nice", "-n", "5", sys.executable, __file__, "--child", phase, "--model", str(args.model), "--work",
            str(args.work), "--bundle", str(bundle), "--precision", precision, "--size", str(args.size),
@@ -197,17 +265,22 @@ def run_child(phase: str, args, precision: str = "fp32") -> dict:
 # ---------------------------------------------------------------- extrapolation and report
 
 def extrapolate(weights: dict) -> dict:
-    """Per precision: bytes of one double and one single block (block 0 of each), FLUX.1-dev's 19 + 38 blocks,
-    bytes per block parameter, and SD3.5-medium's 2.5 B parameters at that rate (GB = 1e9 bytes)."""
-    fp32 = weights["fp32"]["per_block_bytes"]
-    block_params = (fp32["double.0"] + fp32["single.0"]) / 4
+    """Per precision: bytes of one double and one single block, FLUX.1-dev's 19 + 38 blocks, bytes per block
+    parameter, and SD3.5-medium's 2.5 B parameters at that rate (GB = 1e9 bytes). A block's bytes = its matrix
+    parameters at the precision's measured bytes per matrix parameter (the graph's bytes beyond 4 per
+    non-matrix parameter, over all matrix parameters) + 4 bytes per other parameter (biases, norms stay float)."""
+    params = weights["fp32"]["parameters"]
+    matrix = sum(p["matrix"] for p in params.values())
+    rest = sum(p["rest"] for p in params.values())
     out = {}
     for precision, w in weights.items():
-        double, single = w["per_block_bytes"]["double.0"], w["per_block_bytes"]["single.0"]
+        per_matrix = (w["total_bytes"] - 4 * rest) / matrix
+        double, single = ((per_matrix * params[b]["matrix"] + 4 * params[b]["rest"]) for b in ("double.0", "single.0"))
         flux = FLUX1_DEV["double"] * double + FLUX1_DEV["single"] * single
-        rate = (double + single) / block_params
+        rate = (double + single) / sum(params[b]["matrix"] + params[b]["rest"] for b in ("double.0", "single.0"))
         out[precision] = {"double_block_bytes": double, "single_block_bytes": single,
-                          "ratio_to_fp32": (double + single) / (fp32["double.0"] + fp32["single.0"]),
+                          "bytes_per_matrix_parameter": per_matrix, "graph_bytes": w["total_bytes"],
+                          "ratio_to_fp32": rate / 4,
                           "bytes_per_parameter": rate, "flux1_dev_blocks_gb": flux / 1e9,
                           "sd35_medium_gb": rate * SD35_MEDIUM_PARAMETERS / 1e9}
     return out
@@ -254,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="bundle height = width (px) of the export")
     p.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     p.add_argument("--calls", type=int, default=2, help="timed denoiser calls per token count after one warm-up")
-    p.add_argument("--grids", type=int, nargs="+", default=[32, 64],
-                   help="token grid sides to time (32: 512² images, 64: 1024²)")
+    p.add_argument("--grids", type=int, nargs="+", default=[16, 32, 64],
+                   help="token grid sides to time (16: 256² images, 32: 512², 64: 1024²); the first one is warmed up")
     p.add_argument("--layers", type=int, default=1, help="double-stream blocks")
     p.add_argument("--single-layers", type=int, default=1, help="single-stream blocks")
     p.add_argument("--heads", type=int, default=24, help="attention heads (x 128): 24 is FLUX.1's 3072")
+    p.add_argument("--fresh", action="store_true", help="rerun phases whose results WORK/results/ holds")
     p.add_argument("--sweep", action="store_true",
                    help="also time MatMulNBits bits/block/accuracy settings at the first --grids side (SWEEP)")
     p.add_argument("--json", type=Path, default=RESULTS / "real_width.json")
@@ -278,11 +352,12 @@ def main(argv: list[str] | None = None) -> int:
         doc["build"] = run_child("build", args)
     doc["export"], doc["weights"], doc["step"] = {}, {}, {}
     for precision in PRECISIONS:
-        if not (args.work / f"bundle-{precision}" / "ralu_config.json").is_file():
-            doc["export"][precision] = run_child("export", args, precision)
+        record = args.work / f"export-{precision}.json"
+        if record.is_file():
+            doc["export"][precision] = json.loads(record.read_text())
         else:
-            doc["export"][precision] = json.loads((args.work / f"export-{precision}.json").read_text())
-        (args.work / f"export-{precision}.json").write_text(json.dumps(doc["export"][precision]))
+            doc["export"][precision] = run_child("export" if precision == "fp32" else "quantize", args, precision)
+            record.write_text(json.dumps(doc["export"][precision]))
         doc["weights"][precision] = run_child("weights", args, precision)
     for precision in PRECISIONS:
         doc["step"][precision] = run_child("step", args, precision)
