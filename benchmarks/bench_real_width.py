@@ -393,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         "parameters at the measured bytes per block parameter. stable-diffusion.cpp's published FLUX.1-dev "
         "files: q8_0 12.1 GB, q4_0 6.4 GB.\n\n"
         f"Output agreement with fp32 (first call, random inputs): {q}.\n\n"
+        + "".join(f"MatMulNBits setting {k} (bits:block:accuracy level) at {list(v['calls'])[0]} image tokens: "
+                  f"{list(v['calls'].values())[0]['median_ms']:.0f} ms per call (the int4 bundle's 4:32:1 above).\n\n"
+                  for k, v in doc.get("sweep", {}).items())
+        + "Phases run in separate processes and are cached in WORK/results/ (a rerun reuses them), so the load "
+        "average above is the assembling run's; the phases ran while the machine's load average was 8-16.\n\n"
         f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_real_width.py --work {args.work} "
         f"--threads {args.threads} --grids {' '.join(map(str, args.grids))}`\n\n```\n{text}\n```\n")
     return 0
