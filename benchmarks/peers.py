@@ -305,19 +305,24 @@ def main(argv: list[str] | None = None) -> int:
                       + (result["error"] if "error" in result else
                          f"{result['step_ms']:.1f} ms/step, e2e {result['end_to_end_seconds']:.2f} s, "
                          f"{result['vmhwm_mb']:.0f} MB"), file=sys.stderr, flush=True)
+        text = write_results(args, argv, env, specs, names, runs, rounds_done=r + 1)  # each round: a partial
+    print(text)  # run stopped early still leaves its complete rounds
+    return 0
+
+
+def write_results(args, argv, env: dict, specs: dict, names: list[str], runs: dict, rounds_done: int) -> str:
     summary = summarize(runs, names)
     doc = {"benchmark": "peers", "issue": 15, "environment": env, "load_average_at_end": measure.load_average(),
            "model": str(args.model_dir), "height": args.height, "width": args.width, "steps": args.steps,
-           "repeats": args.repeats, "threads": args.threads, "prompt": PROMPT, "seed": SEED,
-           "bundles": {k: str(v) for k, v in args.bundles.items()}, "contenders": specs,
+           "repeats": rounds_done, "repeats_requested": args.repeats, "threads": args.threads, "prompt": PROMPT,
+           "seed": SEED, "bundles": {k: str(v) for k, v in args.bundles.items()}, "contenders": specs,
            "stable_diffusion_cpp": {"ran": False, "reason": _sd_cpp_reason()},
            "summary": summary, "findings": findings(summary, args), "runs": runs}
     text = table(summary, args.steps)
-    print(text)
     stem = "peers" if args.name is None else f"peers-{args.name}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(doc, text, argv))
-    return 0
+    return text
 
 
 def _sd_cpp_reason() -> str:
