@@ -385,7 +385,24 @@ def run_precision_compare(args, env: dict) -> dict:
                           "zo_loss_first50": by["zo"]["loss_mean_first50"],
                           "zo_loss_last50": by["zo"]["loss_mean_last50"],
                           "n_images": by["zo"]["n_images"], "histogram": by["zo"]["histogram"]}
-    return out
+    # the memory baselines on the same images, data and loss: first-order TI and the DreamBooth-style full
+    # fine-tune (torch fp32 autograd; a few steps reach their peak)
+    baselines = {}
+    for worker in ("ti", "ft"):
+        common = ["--threads", str(args.threads), "--seed", str(args.seed), "--experiment", "colour", "--steps",
+                  str(FT_STEPS), "--ti-lr", str(args.ti_lr), "--theta-units", args.theta_units, "--puts-shift",
+                  str(args.puts_shift), "--bundle", str(args.bundle)]
+        fit = run_worker([*common, "--worker", worker, "--embeds", str(args.work / f"{worker}-rss.safetensors")],
+                         args.work / f"{worker}-rss.fit.json", env)
+        baselines[worker] = {"peak_rss_mb": fit["peak_rss_mb"], "baseline_rss_mb": fit["baseline_rss_mb"],
+                             "seconds_per_step": fit["seconds_per_step"], "steps": FT_STEPS}
+    for precision, row in out.items():
+        row["ft_peak_over_zo_peak"] = baselines["ft"]["peak_rss_mb"] / row["zo_peak_rss_mb"]
+        row["ti_peak_over_zo_peak"] = baselines["ti"]["peak_rss_mb"] / row["zo_peak_rss_mb"]
+    return {"precisions": out, "memory_baselines": baselines}
+
+
+FT_STEPS = 5  # peak RSS of TI / full fine-tune: reached within the first optimizer steps
 
 
 def run_large_flux(args, env: dict) -> dict:
@@ -500,7 +517,7 @@ def main() -> int:
                   "experiment": "colour", "zo_steps": args.steps, "settings": {"zo_lr": args.zo_lr,
                   "theta_units": args.theta_units, "puts_sigma_shift": args.puts_shift, "seed": args.seed,
                   "generation_steps": GEN_STEPS, "eval_seeds": args.eval_seeds},
-                  "precisions": run_precision_compare(args, env)}
+                  **run_precision_compare(args, env)}
         report["total_seconds"] = time.perf_counter() - t_start
         report["environment"]["load_average_at_end"] = measure.load_average()
         (args.out / "personalization-precision.json").write_text(json.dumps(report, indent=1))
@@ -508,6 +525,9 @@ def main() -> int:
         for k, r in report["precisions"].items():
             lines.append(f"{k:<10} {r['zo_concept_score']:>8.3f} {r['init_concept_score']:>6.3f} "
                          f"{r['zo_peak_rss_mb']:>8.0f} {r['zo_rss_growth_mb']:>8.0f} {r['zo_seconds_per_step']:>8.3f}")
+        for k, r in report["memory_baselines"].items():
+            lines.append(f"{k + ' (torch)':<10} {'':>8} {'':>6} {r['peak_rss_mb']:>8.0f} "
+                         f"{r['peak_rss_mb'] - r['baseline_rss_mb']:>8.0f} {r['seconds_per_step']:>8.3f}")
         print("\n".join(lines))
         return 0
 
