@@ -95,7 +95,9 @@ class PromptEncoder(
 /** guidanceScale: the classifier-free guidance scale the image was made with (null: none), for its PNG parameters. */
 class GenerationResult(
     val image: RgbImage, val nfe: Int, val tokenSteps: Int, val secondsDenoise: Double, val secondsTotal: Double,
-    val guidanceScale: Double? = null
+    val guidanceScale: Double? = null,
+    /** The temporal cache's label (Cache.kt) and what it did: callsMade + callsSkipped = nfe. */
+    val cache: String = "none", val callsMade: Int = nfe, val callsSkipped: Int = 0
 )
 
 /**
@@ -112,15 +114,20 @@ class Generator(
 
     fun generate(
         prompt: String, mode: String, steps: Int, seed: Long, learned: List<LearnedToken> = emptyList(),
-        onStep: ((StepInfo) -> Unit)? = null, onStage: ((StageInfo) -> Unit)? = null
+        onStep: ((StepInfo) -> Unit)? = null, onStage: ((StageInfo) -> Unit)? = null, cache: CacheConfig = CacheConfig()
     ): GenerationResult {
+        if (cache.method == "teacache" && manifest.cacheCoefficients == null) {
+            throw UserError("this bundle's manifest has no TeaCache calibration; re-export it with ralu-export, or use taylorseer, which needs none")
+        }
         val started = System.nanoTime()
         if (mode != "baseline") manifest.preset(mode)
         if (mode == "baseline" && steps < 1) throw UserError("steps must be at least 1 for the baseline, got $steps")
         val res = manifest.resolutions[0]
         val cond = prompts.encode(prompt, learned)
         val scale = manifest.denoiser.guidanceScale
-        val guided = if (scale == null) denoiser else ClassifierFreeGuidance(denoiser, scale.toFloat(), prompts.encodeNegative())
+        val unguided = if (scale == null) denoiser else ClassifierFreeGuidance(denoiser, scale.toFloat(), prompts.encodeNegative())
+        // outside guidance, as ralu_runtime: a skipped step saves both CFG calls
+        val guided = CachedDenoiser(unguided, cache, manifest.cacheCoefficients ?: DoubleArray(0))
         val channels = manifest.vae.latentChannels
         val latentNoise = SeededRandom(seed, "initial_noise").standardNormal(channels * res.latentHeight * res.latentWidth)
         val noise = TokenOps.pack(FloatArray(latentNoise.size) { latentNoise[it].toFloat() }, channels, res.latentHeight, res.latentWidth)
@@ -142,7 +149,9 @@ class Generator(
         }
         val denoiseSeconds = (System.nanoTime() - denoiseStarted) / 1e9
         val image = decode(tokens, res)
-        return GenerationResult(image, nfe, tokenSteps, denoiseSeconds, (System.nanoTime() - started) / 1e9, scale)
+        val cacheStats = guided.stats()
+        return GenerationResult(image, nfe, tokenSteps, denoiseSeconds, (System.nanoTime() - started) / 1e9, scale,
+            cache.label, cacheStats.callsMade, cacheStats.callsSkipped)
     }
 
     /** RGB of raster-ordered tokens: unpack, undo the sampler's normalisation (z = x / scale + shift), decode. */

@@ -142,3 +142,59 @@ class CacheManifestTest {
         }
     }
 }
+
+/** The app's Generator with a cache (fake ORT components over the bundle fixture, as PipelineTest): counts and refusal. */
+class GeneratorCacheTest {
+    private val bundle = File(Vectors.folder, Vectors.index.obj("extra").string("bundle"))
+    private val manifest = Manifest.read(bundle)
+    private val tokenizers = manifest.tokenizers.associate { it.name to HfTokenizer.fromJson(File(bundle, it.file).readText()) }
+
+    private class ConstantEncoder(val spec: TextEncoderSpec) : TextEncoder {
+        override fun encode(inputIds: LongArray, placeholderIds: LongArray, placeholderEmbeds: FloatArray): TextEncoding {
+            val seq = FloatArray(inputIds.size * spec.hiddenSize) { 0.1f }
+            return TextEncoding(seq, inputIds.size, spec.hiddenSize, if (spec.use == "pooled") seq.copyOfRange(0, spec.hiddenSize) else null)
+        }
+    }
+
+    private class Counting : Denoiser {
+        var calls = 0
+        override fun velocity(tokens: Tokens, positions: Positions, sigma: Float, cond: Conditioning): FloatArray {
+            calls++
+            return FloatArray(tokens.data.size) { tokens.data[it] * (0.5f + sigma) }
+        }
+    }
+
+    private val decoder = object : VaeDecoder {
+        override fun decode(rawLatent: FloatArray, channels: Int, height: Int, width: Int): RgbImage {
+            val f = manifest.vae.factor
+            return RgbImage(height * f, width * f, FloatArray(3 * height * f * width * f) { rawLatent[it % rawLatent.size].coerceIn(-1f, 1f) })
+        }
+    }
+
+    private val prompts = PromptEncoder(manifest, tokenizers, manifest.textEncoders.associate { it.name to ConstantEncoder(it) as TextEncoder })
+
+    @Test
+    fun taylorSeerRunsTheModelOnlyOnItsStepsAndReportsTheCounts() {
+        val model = Counting()
+        val result = Generator(manifest, prompts, model, decoder).generate("a red circle", "flux-7x", 6, 3L, cache = CacheConfig.parse("taylorseer:1,2"))
+        // flux-7x stages of 2, 3 and 5 steps; every stage restarts the cache: runs at 0 | 0, 2 | 0, 2, 4
+        assertEquals(6, model.calls)
+        assertEquals(6, result.callsMade)
+        assertEquals(4, result.callsSkipped)
+        assertEquals("taylorseer:1,2", result.cache)
+        val plain = Generator(manifest, prompts, Counting(), decoder).generate("a red circle", "flux-7x", 6, 3L)
+        assertEquals(10, plain.callsMade)
+        assertEquals("none", plain.cache)
+    }
+
+    @Test
+    fun teaCacheOnABundleWithoutCalibrationIsRefusedWithTheFix() {
+        assertEquals(null, manifest.cacheCoefficients)
+        try {
+            Generator(manifest, prompts, Counting(), decoder).generate("a red circle", "flux-7x", 6, 3L, cache = CacheConfig.parse("teacache"))
+            fail("teacache ran without calibration")
+        } catch (e: UserError) {
+            assertTrue(e.message!!, e.message!!.contains("taylorseer"))
+        }
+    }
+}
