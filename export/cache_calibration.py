@@ -39,7 +39,9 @@ def calibrate_cache(bundle_dir: Path) -> CacheCalibration | None:
 
     if read_manifest(bundle_dir).target not in CALIBRATED_TARGETS:
         return None
-    pipe = Pipeline.from_bundle(bundle_dir, threads=0, verify=False)  # the export wrote the files just now
+    # One ORT thread: ORT splits its sums per thread count, and the coefficients go into the manifest, which should
+    # not depend on how many cores the export machine has. verify=False: the export wrote the files just now.
+    pipe = Pipeline.from_bundle(bundle_dir, threads=1, verify=False)
     scale = pipe.check_guidance_scale(None)
     # recorded outside guidance, where the cache sits: the guided velocity is what a skipped call reuses
     recorder = SignalRecorder(pipe.denoiser if scale is None else ClassifierFreeGuidance(pipe.denoiser, scale))
