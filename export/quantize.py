@@ -192,8 +192,8 @@ class NBitsConfig:
 # Chosen by measurement (docs/precision.md; benchmarks/results/real_width.json "sweep"): accuracy level 4 (int8
 # activations) is the fastest kernel but flattens zeroth-order finite differences to noise (direction cosine
 # ~0.00 vs 0.96 at level 1 on the built-in model's denoiser), which would stop personalization through the
-# bundle; at level 1 the 4-bit weights already run a real-width MatMul at or below fp32's time, and block 32
-# is the most exact and not slower than 64 or 128 there.
+# bundle; at level 1 the 4-bit weights already step a real-width model at 0.80-0.85x fp32's time
+# (benchmarks/results/real_width.json); block 32 is the most exact of the kernel's common blocks.
 NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 1), "nbits8": NBitsConfig(8, 32, 1)}
 
 
