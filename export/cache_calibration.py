@@ -6,9 +6,10 @@ manifest's `cache` entry.
 
 What runs: CALIBRATION_PROMPTS (seeds 0, 1), each through the baseline at CALIBRATION_STEPS and through
 every RALU preset the bundle carries, with classifier-free guidance when the manifest records a scale (the cache
-sits outside guidance, so the velocity recorded is the guided one). Only the bundles ralu_runtime's Pipeline runs
-(CALIBRATED_TARGETS: desktop, android) are calibrated; ExecuTorch, Core ML and web bundles get no `cache` entry
-(their graphs need another engine or another feed layout), and TeaCache is refused on them (TaylorSeer needs
+sits outside guidance, so the velocity recorded is the guided one). Only desktop and android bundles
+(CALIBRATED_TARGETS) are calibrated; ExecuTorch and Core ML bundles get no `cache` entry (their graphs need
+another engine) and neither do web bundles (ralu_runtime runs them, but the browser page has no cache modes), and
+TeaCache is refused on them (TaylorSeer needs
 no calibration). Costs 2 × (CALIBRATION_STEPS + ΣN per preset) denoiser calls at export. numpy, ralu_edge and
 ralu_runtime; never torch."""
 
