@@ -104,9 +104,7 @@ def generate(args: argparse.Namespace) -> None:
     loras = [LoraRequest.parse(text) for text in args.lora]  # a bad scale is refused before any model loads
     from ralu_runtime.pipeline import Pipeline
 
-    pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings)
-    if loras:
-        pipe.load_lora(loras)
+    pipe = Pipeline.from_bundle(args.bundle, threads=args.threads, embeddings=args.embeddings, loras=loras)
     pipe.check_size(args.height, args.width)
     modes = pipe.modes if args.compare else [args.mode]
     for mode in modes:

@@ -89,12 +89,16 @@ class Pipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, threads: int = 0, embeddings: str | Path | None = None,
-                    verify: bool = True) -> "Pipeline":
+                    verify: bool = True, loras: list = ()) -> "Pipeline":
+        """The pipeline of the bundle at `path`; `loras` (LoraRequest each) are merged before any session opens,
+        so each session opens once, with its overrides (load_lora later reopens the touched ones)."""
         started = time.perf_counter()
         bundle = open_bundle(path, verify=verify)
         learned = load_learned_embeds(Path(embeddings), bundle.manifest) if embeddings else None
+        loaded, overrides = _merged_loras(bundle, loras)
         seconds_open = time.perf_counter() - started
-        pipe = cls(bundle, SessionConfig(threads=threads), learned)
+        pipe = cls(bundle, SessionConfig(threads=threads, initializers=overrides), learned)
+        pipe.loras = loaded
         pipe.seconds_load += seconds_open
         return pipe
 
@@ -102,10 +106,7 @@ class Pipeline:
         """Apply the LoRAs `requests` (ralu_runtime.lora.LoraRequest: path and scale each, several at once) in
         place of any loaded before. Every file is checked against the bundle first; then the merged weights go
         to ONNX Runtime as initializer overrides and only the sessions of graphs they touch reopen (docs/lora.md)."""
-        from ralu_runtime.lora import load_lora, lora_overrides
-
-        loaded = tuple(load_lora(self.bundle, request) for request in requests)
-        self._use_loras(loaded, lora_overrides(self.bundle, list(loaded)))
+        self._use_loras(*_merged_loras(self.bundle, requests))
 
     def unload_lora(self) -> None:
         """Back to the bundle's own weights: the sessions a LoRA touched reopen without overrides."""
@@ -235,6 +236,17 @@ class Pipeline:
                                 seconds_per_stage=[s.seconds for s in stages],
                                 selected_regions=[int(i) for i in np.asarray(result.selected).ravel()])
         return stats, result.tokens
+
+
+def _merged_loras(bundle: Bundle, requests: list) -> tuple[tuple, dict]:
+    """The loaded LoRAs of `requests` (each file checked against the bundle) and their merged initializer
+    overrides ({graph: {initializer: array}}); nothing for no request."""
+    if not requests:
+        return (), {}
+    from ralu_runtime.lora import load_lora, lora_overrides
+
+    loaded = tuple(load_lora(bundle, request) for request in requests)
+    return loaded, lora_overrides(bundle, list(loaded))
 
 
 def mode_for_preset(preset_name: str) -> str:
