@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -144,12 +142,7 @@ def run_child(phase: str, args, extra: list[str] | None = None) -> dict:
            str(args.bundle), "--size", str(args.size), "--threads", str(args.threads), "--calls", str(args.calls),
            "--layers", str(args.layers), "--single-layers", str(args.single_layers), "--heads", str(args.heads),
            "--precision", args.precision, *(extra or [])]
-    print(f"phase {phase} {' '.join(extra or [])}", file=sys.stderr, flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(f"phase {phase} failed with exit status {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure.json_child(cmd, args.threads, f"phase {phase} {' '.join(extra or [])}".rstrip())
 
 
 # ---------------------------------------------------------------- report

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -254,12 +252,7 @@ def _run_child(phase: str, args, precision: str) -> dict:
            str(args.work), "--bundle", str(bundle), "--precision", precision, "--size", str(args.size),
            "--threads", str(args.threads), "--calls", str(args.calls), "--grids", *map(str, args.grids),
            "--layers", str(args.layers), "--single-layers", str(args.single_layers), "--heads", str(args.heads)]
-    print(f"phase {phase} {precision}", file=sys.stderr, flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(f"phase {phase} ({precision}) failed with exit status {done.returncode}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure.json_child(cmd, args.threads, f"phase {phase} ({precision})")
 
 
 # ---------------------------------------------------------------- extrapolation and report

@@ -9,9 +9,11 @@ out); a library whose version is asked for is imported then."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Hashable, Mapping, Sequence, TypeVar
@@ -21,8 +23,8 @@ import numpy as np
 from ralu_export.eval.metrics import psnr, ssim
 from ralu_runtime.memory import peak_rss_mb, process_status_mb
 
-__all__ = ["cpu_name", "environment", "interleaved_seconds", "load_average", "memory_mb", "peak_rss_mb", "psnr",
-           "rotated", "rss_mb", "run_with_peak_rss", "ssim", "summary_ms", "versions"]
+__all__ = ["cpu_name", "environment", "interleaved_seconds", "json_child", "load_average", "memory_mb", "peak_rss_mb",
+           "psnr", "rotated", "rss_mb", "run_with_peak_rss", "ssim", "summary_ms", "versions"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -55,6 +57,17 @@ def run_with_peak_rss(cmd: list[str], env: Mapping[str, str] | None = None, poll
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed with exit status {proc.returncode}")
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak}
+
+
+def json_child(cmd: list[str], threads: int, label: str) -> dict:
+    """Run one phase of a benchmark in a fresh process (its own peak RSS; offline; OpenMP at `threads`) and
+    return the JSON object on the last line of its stdout. SystemExit naming `label` when it fails."""
+    print(label, file=sys.stderr, flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"{label} failed with exit status {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # -------------------------------------------------------------------------------------------- environment
