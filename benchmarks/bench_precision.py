@@ -107,7 +107,8 @@ def zo_sensitivity(bundles: dict, reference: str, threads: int) -> dict:
 
     def graph_run(bundle_path: Path):
         bundle = open_bundle(bundle_path, verify=False)
-        session = open_session(bundle, bundle.manifest.denoiser.stage_graphs[0].graph, SessionConfig(threads))
+        session = open_session(bundle, bundle.manifest.denoiser.stage_graphs[0].graph,
+                               SessionConfig(threads, purpose="personalize"))  # what ZO runs
         names = {i.name for i in session.session.get_inputs()}
         return lambda f: [o.astype(np.float64) for o in session.run(None, {k: v for k, v in f.items() if k in names})]
 

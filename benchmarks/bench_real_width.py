@@ -9,7 +9,9 @@ each phase in its own process so that its peak RSS (VmHWM) is its own:
   quantize int8 / int4: the exporter's quantize stage on that exported graph, streamed: wall seconds, peak RSS
   weights  bytes per block (initializers named transformer_blocks.<i>. / single_transformer_blocks.<i>.) in the
            exported denoiser graph, and the rest
-  step     the bundle's denoiser session alone (manifest session config, --threads): open time and peak RSS
+  step     the bundle's denoiser session alone, configured as a generation session is (the manifest's
+           session_config + generation_session_config; int8 also as personalization opens it), --threads:
+           open time and peak RSS
            after opening, then per-call ms at 512² and 1024² token counts (1024 and 4096 image tokens + the
            text tokens), peak RSS after the calls
 
@@ -72,6 +74,10 @@ def child_quantize(args) -> dict:
 
 
 METHODS = {"int8": "weight_qdq", "int4": "nbits4"}
+# Step runs beyond PRECISIONS: the int8 graph as personalization opens it (runtime/sessions.py purpose
+# "personalize": the manifest's session_config alone, MatMulNBits level 1, float activations); the PRECISIONS
+# rows are timed as generation opens them (session_config + generation_session_config: int8 at level 4).
+ZO_RUNS = {"int8-personalize": "int8"}
 
 
 def quantized_path(work: Path, precision: str) -> Path:
@@ -79,6 +85,7 @@ def quantized_path(work: Path, precision: str) -> Path:
 
 
 def graph_path(work: Path, precision: str) -> Path:
+    precision = ZO_RUNS.get(precision, precision)
     return work / "bundle-fp32" / "transformer" / "denoiser.onnx" if precision == "fp32" else \
         quantized_path(work, precision)
 
@@ -171,14 +178,19 @@ def _time_graph(args, path: Path | None) -> dict:
     graph = manifest.graph(spec.stage_graphs[0].graph)
     so = session_options(SessionConfig(threads=args.threads))
     so.enable_mem_pattern = False  # as the runtime opens dynamic-token graphs (runtime/sessions.py)
-    from ralu_export.quantize import SESSION_CONFIG
+    from ralu_export.quantize import GENERATION_SESSION_CONFIG, SESSION_CONFIG
 
-    for key, value in SESSION_CONFIG.get(METHODS.get(args.precision, ""), {}).items():
-        so.add_session_config_entry(key, value)  # what the manifest records for the graph (weight_qdq: level 1)
+    method = METHODS.get(ZO_RUNS.get(args.precision, args.precision), "")
+    entries = dict(SESSION_CONFIG.get(method, {}))  # what the manifest records for the graph (weight_qdq: level 1)
+    if args.precision not in ZO_RUNS:  # and what a generation session adds (weight_qdq: level 4)
+        entries.update(GENERATION_SESSION_CONFIG.get(method, {}))
+    for key, value in entries.items():
+        so.add_session_config_entry(key, value)
+    out_config = entries
     started = time.perf_counter()
     session = ort.InferenceSession(str(path or bundle.path(graph.file)), so, providers=["CPUExecutionProvider"])
     out = {"open_seconds": time.perf_counter() - started, "peak_rss_mb_after_open": measure.peak_rss_mb(),
-           "after_open": measure.memory_mb(), "calls": {}}
+           "after_open": measure.memory_mb(), "session_config": out_config, "calls": {}}
     names = {i.name for i in session.get_inputs()}
     rng = np.random.default_rng(0)
     for side in args.grids:
@@ -305,6 +317,11 @@ def table(doc: dict) -> str:
                      + f" {s['peak_rss_mb']:8.0f} {x['double_block_bytes'] / 2**20:7.0f} "
                        f"{x['single_block_bytes'] / 2**20:7.0f} {x['ratio_to_fp32']:6.3f} "
                        f"{x['flux1_dev_blocks_gb']:13.2f} {x['sd35_medium_gb']:10.2f}")
+    for run, precision in ZO_RUNS.items():
+        s = doc["step"][run]
+        lines.append(f"{precision} graph in personalization sessions ({run}, {s['session_config']}): "
+                     + ", ".join(f"{t} tok {c['median_ms']:.0f} ms" for t, c in s["calls"].items())
+                     + f", run RSS {s['peak_rss_mb']:.0f} MB")
     lines.append(f"stable-diffusion.cpp FLUX.1-dev (published): q8_0 {SD_CPP_FLUX1_DEV_GB['q8_0']} GB, "
                  f"q4_0 {SD_CPP_FLUX1_DEV_GB['q4_0']} GB")
     return "\n".join(lines)
@@ -352,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["export"][precision] = run_child("export" if precision == "fp32" else "quantize", args, precision)
             record.write_text(json.dumps(doc["export"][precision]))
         doc["weights"][precision] = run_child("weights", args, precision)
-    for precision in PRECISIONS:
+    for precision in (*PRECISIONS, *ZO_RUNS):
         doc["step"][precision] = run_child("step", args, precision)
     if args.sweep:
         sweep_args = argparse.Namespace(**{**vars(args), "grids": args.grids[:1]})
@@ -363,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["sweep"][key]["vs_fp32"] = quality(args.work, args.grids[:1], (key,))
             print(f"sweep {key}: {list(doc['sweep'][key]['calls'].values())[0]['median_ms']:.0f} ms", file=sys.stderr)
     doc["extrapolated"] = extrapolate(doc["weights"])
-    doc["quality_vs_fp32"] = quality(args.work, args.grids)
+    doc["quality_vs_fp32"] = quality(args.work, args.grids, (*PRECISIONS[1:], *ZO_RUNS))
     doc["load_average_at_end"] = measure.load_average()
     text = table(doc)
     print(text)

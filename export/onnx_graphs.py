@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from ralu_export.families.spec import GraphSpec, boundary_module, present, tenso
 from ralu_export.int8_policy import precision_label
 from ralu_export.parity import Run, check_parity, parity_rule
 from ralu_export.plan import Plan
-from ralu_export.quantize import SESSION_CONFIG, quantize
+from ralu_export.quantize import GENERATION_SESSION_CONFIG, SESSION_CONFIG, quantize
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ class ExportedGraph:
     """One graph between export and the manifest: its spec, torch module, ONNX model (onnx_ir Model whose
     weights are views of the module's, or a quantized ModelProto), precision label and the ORT session
     config it needs; path/data_files once saved; the parity cases with the torch outputs (references)
-    once computed, after which module and model are dropped (issue 8: never torch and ORT weights at once)."""
+    once computed, after which module and model are dropped (issue 8: never torch and ORT weights at once).
+    generation_session_config: entries replacing session_config's in generation-only sessions (a target whose
+    file format bakes the session's fusions in, .ort, empties it)."""
 
     spec: GraphSpec
     module: torch.nn.Module | None
@@ -44,6 +46,7 @@ class ExportedGraph:
     path: Path | None = None
     data_files: tuple[Path, ...] = ()
     references: tuple[list, list] | None = None
+    generation_session_config: dict[str, str] = field(default_factory=dict)
 
 
 def export_graphs(plan: Plan, root: Path) -> list[ExportedGraph]:
@@ -72,7 +75,9 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     method = plan.int8_method(spec)
     if method is not None:
         proto = quantize(proto, method)
-    graph = ExportedGraph(spec, module, proto, precision_label(method), SESSION_CONFIG.get(method, {}))
+    graph = ExportedGraph(spec, module, proto, precision_label(method), SESSION_CONFIG.get(method, {}),
+                          generation_session_config=GENERATION_SESSION_CONFIG.get(method, {})
+                          if spec.role == "denoiser" else {})
     log.info("exported %s (%s) in %.1f s", spec.name, graph.precision, time.perf_counter() - started)
     return graph
 
@@ -103,9 +108,11 @@ def _torch_references(plan: Plan, graph: ExportedGraph, token_ids: dict[str, np.
     return cases, examples.torch_references(graph.module, cases)
 
 
-def runner(graph: ExportedGraph) -> Run:
-    """`run(feeds) -> outputs` over a CPU ORT session of the graph's current file (.onnx or .ort)."""
-    return onnx_files.ort_runner(graph.path, config=graph.session_config)
+def runner(graph: ExportedGraph, generation: bool = False) -> Run:
+    """`run(feeds) -> outputs` over a CPU ORT session of the graph's current file (.onnx or .ort), configured
+    as the runtime's personalization sessions are, or (`generation`) as its generation sessions are."""
+    config = {**graph.session_config, **(graph.generation_session_config if generation else {})}
+    return onnx_files.ort_runner(graph.path, config=config)
 
 
 def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> GraphEntry:
@@ -114,6 +121,8 @@ def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> Graph
     cases, expected = graph.references
     rule = parity_rule(plan.family.tolerances, "onnxruntime", graph.precision)
     parity = check_parity(spec.name, run, expected, cases, rule)
+    generation_parity = (check_parity(f"{spec.name} (generation sessions)", runner(graph, generation=True),
+                                      expected, cases, rule) if graph.generation_session_config else None)
     sizes = plan.geometry.sizes()
     inputs = tensor_specs(present(spec.inputs, plan.geometry), sizes)
     if not plan.target.placeholder_defaults:  # exported without in-graph defaults: every input is required
@@ -125,4 +134,5 @@ def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> Graph
         outputs=tensor_specs(spec.outputs, sizes),
         data_files=tuple(d.relative_to(root).as_posix() for d in graph.data_files),
         session_config=graph.session_config, parity=parity,
+        generation_session_config=graph.generation_session_config, generation_parity=generation_parity,
     )

@@ -36,6 +36,14 @@ SESSION_CONFIG: dict[str, dict[str, str]] = {
     "nbits4": {},  # MatMulNBits carries its accuracy_level as a node attribute (NBITS below)
     "nbits8": {},
 }
+# Sessions that only generate may run the fused int8 MatMuls with int8 activations (MatMulNBits accuracy level
+# 4: int8 dot products, AVX2/AVX-512 VNNI here, ARM dot-product on phones): at FLUX.1's width 0.68x fp32's step
+# where level 1 takes 2.3x (docs/precision.md). Personalization keeps SESSION_CONFIG (its zeroth-order
+# differences vanish at level 4). Only the denoiser takes it: the text encoders run once per image, and T5's
+# activation outliers are what int8 activations handle worst.
+GENERATION_SESSION_CONFIG: dict[str, dict[str, str]] = {
+    "weight_qdq": {"session.qdq_matmulnbits_accuracy_level": "4"},
+}
 MIN_WEIGHT_ELEMENTS = 256  # smaller weights (tiny projections) are not worth a DequantizeLinear
 
 

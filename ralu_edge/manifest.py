@@ -162,7 +162,11 @@ class GraphEntry:
     (shared between graphs when several list the same file); static_dims: symbolic dims baked into this
     graph, e.g. {"num_image_tokens": 64} for a static stage variant; method: the program method (pte);
     session_config: ORT SessionOptions config entries the graph must run with (int8 weight-only graphs need
-    {"session.qdq_matmulnbits_accuracy_level": "1"} to keep float activations)."""
+    {"session.qdq_matmulnbits_accuracy_level": "1"} to keep float activations); generation_session_config:
+    entries that replace those in sessions that only generate (not zeroth-order personalization, which needs
+    float activations to see its perturbations), e.g. level 4 for the desktop int8 denoiser: int8 dot
+    products, 0.68x fp32's step at FLUX.1's width (docs/precision.md); generation_parity: the export-time
+    check of the graph run that way."""
 
     name: str
     role: GraphRole
@@ -176,6 +180,8 @@ class GraphEntry:
     method: Optional[str] = None
     session_config: dict[str, str] = field(default_factory=dict)
     parity: Optional[Parity] = None
+    generation_session_config: dict[str, str] = field(default_factory=dict)
+    generation_parity: Optional[Parity] = None
     lora_targets: tuple[LoraTarget, ...] = ()  # issue 17: tensors a LoRA may replace at session creation
 
     def input(self, name: str) -> TensorSpec:

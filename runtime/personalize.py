@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -83,6 +83,7 @@ class Personalizer:
     """ZO Textual Inversion over one bundle; build with `Personalizer.from_bundle(path)`."""
 
     def __init__(self, bundle: Bundle, config: SessionConfig):
+        config = replace(config, purpose="personalize")  # float-activation kernels: ZO's differences survive
         self.bundle, self.session_config = bundle, config
         self.clock = RunClock()
         if not any(g.role == "vae_encoder" for g in bundle.manifest.graphs):

@@ -10,6 +10,7 @@ plus one denoiser step 1.05x the weights either way."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -23,11 +24,15 @@ from ralu_runtime.bundle import Bundle
 class SessionConfig:
     """threads: intra-op threads (0 = ORT's default, all cores). initializers: {graph name: {initializer name:
     array}} handed to ORT when that graph's session opens, in place of the graph's own tensors (issue 17: LoRA
-    merges, runtime/lora.py); the arrays must outlive the session."""
+    merges, runtime/lora.py); the arrays must outlive the session. purpose: "generate" sessions take each
+    graph's `generation_session_config` over its `session_config` (the desktop int8 denoiser's int8-activation
+    kernel); "personalize" sessions keep `session_config` alone, the float-activation kernels whose outputs
+    move with zeroth-order perturbations."""
 
     threads: int = 0
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     initializers: dict = field(default_factory=dict)
+    purpose: Literal["generate", "personalize"] = "generate"
 
 
 def session_options(config: SessionConfig) -> ort.SessionOptions:
@@ -82,7 +87,10 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
     # The exporter records per-graph settings; weight-only int8 graphs need
     # session.qdq_matmulnbits_accuracy_level = 1, or ORT 1.32 quietly runs them with int8 activations
     # (which also stops zeroth-order personalization from seeing its perturbations).
-    for key, value in (getattr(graph, "session_config", None) or {}).items():
+    entries = dict(graph.session_config)
+    if config.purpose == "generate":
+        entries.update(graph.generation_session_config)
+    for key, value in entries.items():
         so.add_session_config_entry(key, str(value))
     if any(isinstance(dim, str) for spec in graph.inputs for dim in spec.shape):
         # ORT plans and keeps one memory pattern per distinct input shape; a dynamic-token denoiser serving

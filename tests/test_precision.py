@@ -142,3 +142,55 @@ def test_an_int4_bundle_quantizes_denoisers_to_4_bits_and_text_encoders_as_int8_
                 assert method == int8_method(target, "int8", spec) == "weight_qdq", spec.name
             else:
                 assert method is None, spec.name
+
+
+def _denoiser_feeds(session, rng: np.random.Generator, tokens: int = 256) -> dict[str, np.ndarray]:
+    """Random feeds for a bundle's denoiser session at `tokens` image tokens (RoPE rows: text + image)."""
+    feeds = {}
+    for spec in session.session.get_inputs():
+        if spec.name in ("timestep", "guidance"):
+            feeds[spec.name] = np.array([0.6], np.float32)
+        elif spec.name.startswith("rope"):
+            text = feeds["encoder_hidden_states"].shape[1]
+            angles = rng.uniform(0, 6, (text + tokens, spec.shape[1]))
+            feeds[spec.name] = (np.cos(angles) if spec.name.endswith("cos") else np.sin(angles)).astype(np.float32)
+        else:
+            shape = [d if isinstance(d, int) else tokens for d in spec.shape]
+            feeds[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.slow
+def test_the_desktop_int8_denoiser_generates_with_int8_activations_and_personalizes_with_float_ones(
+        request, desktop_bundle):
+    """Generation sessions take the manifest's generation_session_config (MatMulNBits level 4: int8 dot
+    products); personalization sessions keep level 1, so a zeroth-order perturbation of the text states
+    (mu 1e-3) moves their output as it moves fp32's, which level 4 rounds away (docs/precision.md)."""
+    from ralu_runtime.bundle import open_bundle
+    from ralu_runtime.sessions import SessionConfig, open_session
+
+    bundle = open_bundle(exported_bundle(request, "desktop", "int8"))
+    graph = bundle.manifest.graph("denoiser")
+    assert graph.session_config == {"session.qdq_matmulnbits_accuracy_level": "1"}
+    assert graph.generation_session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
+    assert graph.generation_parity.passed and graph.generation_parity.cosine >= 0.999
+    assert all(not g.generation_session_config for g in bundle.manifest.graphs if g.role != "denoiser")
+    sessions = {purpose: open_session(bundle, "denoiser", SessionConfig(threads=1, purpose=purpose))
+                for purpose in ("generate", "personalize")}
+    reference = open_session(open_bundle(desktop_bundle), "denoiser", SessionConfig(threads=1))
+    rng = np.random.default_rng(0)
+    feeds = _denoiser_feeds(reference, rng)
+    moved = dict(feeds, encoder_hidden_states=(feeds["encoder_hidden_states"] + 1e-3 * rng.standard_normal(
+        feeds["encoder_hidden_states"].shape)).astype(np.float32))
+
+    def difference(session) -> np.ndarray:
+        return (session.run(None, moved)[0].astype(np.float64) - session.run(None, feeds)[0]).ravel()
+
+    def cosine(a, b):
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    fp32 = difference(reference)
+    assert cosine(difference(sessions["personalize"]), fp32) > 0.95
+    assert abs(cosine(difference(sessions["generate"]), fp32)) < 0.5
+    outputs = {p: s.run(None, feeds)[0].astype(np.float64).ravel() for p, s in sessions.items()}
+    assert cosine(outputs["generate"], outputs["personalize"]) > 0.999
