@@ -77,7 +77,7 @@ METHODS = {"int8": "weight_qdq", "int4": "nbits4"}
 # Step runs beyond PRECISIONS: the int8 graph as personalization opens it (runtime/sessions.py purpose
 # "personalize": the manifest's session_config alone, MatMulNBits level 1, float activations); the PRECISIONS
 # rows are timed as generation opens them (session_config + generation_session_config: int8 at level 4).
-ZO_RUNS = {"int8-personalize": "int8"}
+ZO_RUNS = {"int8-personalize": "int8", "int4-personalize": "int4"}
 
 
 def quantized_path(work: Path, precision: str) -> Path:
@@ -161,7 +161,31 @@ def tensor_bytes(tensor) -> int:
 def child_step(args) -> dict:
     """The denoiser session alone at each token count: open time, peak RSS, per-call seconds."""
     args.bundle = args.work / "bundle-fp32"
-    return _time_graph(args, graph_path(args.work, args.precision))
+    path = graph_path(args.work, args.precision)
+    if args.precision not in ZO_RUNS:
+        path = generation_graph(path, METHODS.get(args.precision, ""))
+    return _time_graph(args, path)
+
+
+def generation_graph(path: Path, method: str) -> Path:
+    """The graph generation sessions open: for a method with a generation variant (quantize.GENERATION_NBITS:
+    int4 at MatMulNBits accuracy level 4, GraphEntry.generation_file) the quantized graph with that level,
+    saved beside it over the same external weights (the packed weights do not depend on the level)."""
+    import onnx
+
+    from ralu_export.quantize import GENERATION_NBITS
+
+    if method not in GENERATION_NBITS:
+        return path
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            for attr in node.attribute:
+                if attr.name == "accuracy_level":
+                    attr.i = GENERATION_NBITS[method].accuracy_level
+    out = path.with_name(f"{path.stem}_generation{path.suffix}")
+    onnx.save(model, str(out))
+    return out
 
 
 def _time_graph(args, path: Path | None) -> dict:

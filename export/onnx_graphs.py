@@ -24,7 +24,7 @@ from ralu_export.families.spec import GraphSpec, boundary_module, present, tenso
 from ralu_export.int8_policy import precision_label
 from ralu_export.parity import Run, check_parity, parity_rule
 from ralu_export.plan import Plan
-from ralu_export.quantize import GENERATION_SESSION_CONFIG, SESSION_CONFIG, quantize
+from ralu_export.quantize import GENERATION_NBITS, GENERATION_SESSION_CONFIG, SESSION_CONFIG, quantize, quantize_nbits
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,9 @@ class ExportedGraph:
     weights are views of the module's, or a quantized ModelProto), precision label and the ORT session
     config it needs; path/data_files once saved; the parity cases with the torch outputs (references)
     once computed, after which module and model are dropped (issue 8: never torch and ORT weights at once).
-    generation_session_config: entries replacing session_config's in generation-only sessions (a target whose
-    file format bakes the session's fusions in, .ort, empties it)."""
+    generation_session_config / generation_proto: what generation-only sessions take instead (config entries
+    over session_config's; a second graph over the same weights, saved at generation_path), on targets whose
+    runtime opens the graphs as written (TargetSpec.generation_kernels)."""
 
     spec: GraphSpec
     module: torch.nn.Module | None
@@ -47,6 +48,8 @@ class ExportedGraph:
     data_files: tuple[Path, ...] = ()
     references: tuple[list, list] | None = None
     generation_session_config: dict[str, str] = field(default_factory=dict)
+    generation_proto: object = None
+    generation_path: Path | None = None
 
 
 def export_graphs(plan: Plan, root: Path) -> list[ExportedGraph]:
@@ -59,7 +62,7 @@ def export_graphs(plan: Plan, root: Path) -> list[ExportedGraph]:
     _save(root, graphs, plan.target.weights_file)
     for graph in graphs:  # torch outputs now, then free the torch weights before ORT maps the saved ones
         graph.references = _torch_references(plan, graph, token_ids)
-        graph.module = graph.proto = None
+        graph.module = graph.proto = graph.generation_proto = None
     del pipe
     gc.collect()
     return graphs
@@ -73,11 +76,14 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     proto = onnx_export.export_graph(spec, plan.family, module, example, plan.geometry.sizes(),
                                      optional_defaults=plan.target.placeholder_defaults)
     method = plan.int8_method(spec)
+    float_proto = proto
     if method is not None:
         proto = quantize(proto, method)
-    graph = ExportedGraph(spec, module, proto, precision_label(method), SESSION_CONFIG.get(method, {}),
-                          generation_session_config=GENERATION_SESSION_CONFIG.get(method, {})
-                          if spec.role == "denoiser" else {})
+    graph = ExportedGraph(spec, module, proto, precision_label(method), SESSION_CONFIG.get(method, {}))
+    if plan.target.generation_kernels and spec.role == "denoiser":  # the text encoders run once per image
+        graph.generation_session_config = GENERATION_SESSION_CONFIG.get(method, {})
+        if method in GENERATION_NBITS:
+            graph.generation_proto = quantize_nbits(float_proto, GENERATION_NBITS[method])
     log.info("exported %s (%s) in %.1f s", spec.name, graph.precision, time.perf_counter() - started)
     return graph
 
@@ -94,7 +100,11 @@ def _save(root: Path, graphs: list[ExportedGraph], weights_file: str) -> None:
         data = folder / weights_file.format(folder=folder.name)
         for graph in members:
             graph.path, graph.data_files = root / graph.spec.path, (data,)
-        onnx_files.save_sharing_weights([(g.proto, g.path) for g in members], data)
+            if graph.generation_proto is not None:
+                graph.generation_path = graph.path.with_name(f"{graph.path.stem}_generation{graph.path.suffix}")
+        onnx_files.save_sharing_weights([(g.proto, g.path) for g in members]
+                                        + [(g.generation_proto, g.generation_path) for g in members
+                                           if g.generation_proto is not None], data)
 
 
 def _torch_references(plan: Plan, graph: ExportedGraph, token_ids: dict[str, np.ndarray]) -> tuple[list, list]:
@@ -109,10 +119,12 @@ def _torch_references(plan: Plan, graph: ExportedGraph, token_ids: dict[str, np.
 
 
 def runner(graph: ExportedGraph, generation: bool = False) -> Run:
-    """`run(feeds) -> outputs` over a CPU ORT session of the graph's current file (.onnx or .ort), configured
-    as the runtime's personalization sessions are, or (`generation`) as its generation sessions are."""
-    config = {**graph.session_config, **(graph.generation_session_config if generation else {})}
-    return onnx_files.ort_runner(graph.path, config=config)
+    """`run(feeds) -> outputs` over a CPU ORT session of the graph's current file (.onnx or .ort), opened as
+    the runtime's personalization sessions open it, or (`generation`) as its generation sessions do."""
+    if not generation:
+        return onnx_files.ort_runner(graph.path, config=graph.session_config)
+    return onnx_files.ort_runner(graph.generation_path or graph.path,
+                                 config={**graph.session_config, **graph.generation_session_config})
 
 
 def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> GraphEntry:
@@ -122,7 +134,8 @@ def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> Graph
     rule = parity_rule(plan.family.tolerances, "onnxruntime", graph.precision)
     parity = check_parity(spec.name, run, expected, cases, rule)
     generation_parity = (check_parity(f"{spec.name} (generation sessions)", runner(graph, generation=True),
-                                      expected, cases, rule) if graph.generation_session_config else None)
+                                      expected, cases, rule)
+                         if graph.generation_session_config or graph.generation_path else None)
     sizes = plan.geometry.sizes()
     inputs = tensor_specs(present(spec.inputs, plan.geometry), sizes)
     if not plan.target.placeholder_defaults:  # exported without in-graph defaults: every input is required
@@ -135,4 +148,5 @@ def graph_entry(plan: Plan, root: Path, graph: ExportedGraph, run: Run) -> Graph
         data_files=tuple(d.relative_to(root).as_posix() for d in graph.data_files),
         session_config=graph.session_config, parity=parity,
         generation_session_config=graph.generation_session_config, generation_parity=generation_parity,
+        generation_file=graph.generation_path.relative_to(root).as_posix() if graph.generation_path else None,
     )

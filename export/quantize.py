@@ -203,6 +203,10 @@ class NBitsConfig:
 # bundle; at level 1 the 4-bit weights already step a real-width model at 0.80-0.85x fp32's time
 # (benchmarks/results/real_width.json); block 32 is the most exact of the kernel's common blocks.
 NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 1), "nbits8": NBitsConfig(8, 32, 1)}
+# MatMulNBits carries its level in the graph, so generation gets a second graph file over the same weights with
+# the level-4 kernel (GraphEntry.generation_file): at FLUX.1's width 0.73x fp32's step at 1024 tokens where
+# level 1 takes 1.06x (benchmarks/results/real_width.json), same output agreement (docs/precision.md).
+GENERATION_NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 4)}
 
 
 def _nbits_pack(weight: np.ndarray, cfg: NBitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,6 +286,13 @@ def _quantize_nbits_ir(model: ir.Model, cfg: NBitsConfig) -> ir.Model:
     return model
 
 
+def quantize_nbits(model, cfg: NBitsConfig):
+    """`model` (onnx.ModelProto or onnx_ir Model) with its weight MatMuls as MatMulNBits of `cfg`."""
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.serialize_model(_quantize_nbits_ir(ir.from_proto(model), cfg))
+    return _quantize_nbits_ir(model, cfg)
+
+
 def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndarray]] | None = None):
     """The int8 variant of `model` (an onnx.ModelProto or an onnx_ir Model) by `method`; the input is not
     modified. weight_qdq of an IR model (onnx_export.export_graph: weights are views of torch parameters)
@@ -291,9 +302,7 @@ def quantize(model, method: QuantMethod, calibration: Iterable[dict[str, np.ndar
     if method == "weight_qdq":
         return quantize_weight_qdq(model) if isinstance(model, onnx.ModelProto) else _quantize_weight_qdq_ir(model)
     if method in NBITS:
-        if isinstance(model, onnx.ModelProto):
-            return ir.serde.serialize_model(_quantize_nbits_ir(ir.from_proto(model), NBITS[method]))
-        return _quantize_nbits_ir(model, NBITS[method])
+        return quantize_nbits(model, NBITS[method])
     if not isinstance(model, onnx.ModelProto):
         model = ir.serde.serialize_model(model)
     if method in ("dynamic", "static_qdq"):

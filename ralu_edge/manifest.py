@@ -166,7 +166,9 @@ class GraphEntry:
     entries that replace those in sessions that only generate (not zeroth-order personalization, which needs
     float activations to see its perturbations), e.g. level 4 for the desktop int8 denoiser: int8 dot
     products, 0.68x fp32's step at FLUX.1's width (docs/precision.md); generation_parity: the export-time
-    check of the graph run that way."""
+    check of the graph run that way; generation_file: a graph file over the same data_files with the same
+    inputs and outputs that generation sessions open instead of `file` (the int4 denoiser with MatMulNBits at
+    accuracy level 4, which carries its level in the graph)."""
 
     name: str
     role: GraphRole
@@ -182,6 +184,7 @@ class GraphEntry:
     parity: Optional[Parity] = None
     generation_session_config: dict[str, str] = field(default_factory=dict)
     generation_parity: Optional[Parity] = None
+    generation_file: Optional[str] = None
     lora_targets: tuple[LoraTarget, ...] = ()  # issue 17: tensors a LoRA may replace at session creation
 
     def input(self, name: str) -> TensorSpec:
@@ -493,7 +496,8 @@ class Manifest:
         # of them): a path outside `files` would be read without a hash check, possibly outside the bundle.
         listed = {f.path for f in self.files}
         for graph in self.graphs:
-            for path in (graph.file, *graph.data_files):
+            extra = (graph.generation_file,) if graph.generation_file else ()
+            for path in (graph.file, *graph.data_files, *extra):
                 if path not in listed and not any(p.startswith(path.rstrip("/") + "/") for p in listed):
                     raise _fail(f"graph {graph.name!r}", f"uses {path!r}, which the files list lacks")
             for target in graph.lora_targets:  # base weights are read only from the graph's own verified files

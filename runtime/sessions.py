@@ -87,9 +87,10 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
     # The exporter records per-graph settings; weight-only int8 graphs need
     # session.qdq_matmulnbits_accuracy_level = 1, or ORT 1.32 quietly runs them with int8 activations
     # (which also stops zeroth-order personalization from seeing its perturbations).
-    entries = dict(graph.session_config)
+    entries, file = dict(graph.session_config), graph.file
     if config.purpose == "generate":
         entries.update(graph.generation_session_config)
+        file = graph.generation_file or file
     for key, value in entries.items():
         so.add_session_config_entry(key, str(value))
     if any(isinstance(dim, str) for spec in graph.inputs for dim in spec.shape):
@@ -98,13 +99,13 @@ def open_session(bundle: Bundle, graph_name: str, config: SessionConfig) -> Grap
         # 429 MB baseline-only; without patterns 349 vs 357 MB, same speed; benchmarks/results/runtime.md).
         so.enable_mem_pattern = False
     try:
-        session = ort.InferenceSession(str(bundle.path(graph.file)), sess_options=so,
+        session = ort.InferenceSession(str(bundle.path(file)), sess_options=so,
                                        providers=list(config.providers), disabled_optimizers=_keep_qdq(graph, given))
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
-        raise UserError(f"{bundle.root.name}/{graph.file}: ONNX Runtime could not load it ({str(e)[:160]}); "
+        raise UserError(f"{bundle.root.name}/{file}: ONNX Runtime could not load it ({str(e)[:160]}); "
                         "re-export the bundle.") from None
     check_session_io(graph, session, bundle.root.name)
-    return GraphSession(f"{bundle.root.name}/{graph.file}", session, overrides)
+    return GraphSession(f"{bundle.root.name}/{file}", session, overrides)
 
 
 def _keep_qdq(graph: GraphEntry, overrides: dict) -> list[str]:

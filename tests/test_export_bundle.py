@@ -162,7 +162,8 @@ def test_android_int8_graphs_are_judged_by_cosine(android):
         if graph.precision != "fp32":
             assert graph.parity.metric == "cosine" and graph.parity.cosine >= 0.99
             assert graph.session_config == {"session.qdq_matmulnbits_accuracy_level": "1"}
-        assert graph.generation_session_config == {}  # a .ort's fusions and their level are fixed at conversion
+        # a .ort's fusions and their accuracy level are fixed at conversion: no generation-only kernels
+        assert graph.generation_session_config == {} and graph.generation_file is None
     assert manifest.denoiser.stage_lengths == (64, 121, 256)
 
 

@@ -118,6 +118,7 @@ def test_an_int4_bundle_runs_matmulnbits_and_keeps_int8_text_encoders(request, t
     if target == "android":
         ops = (bundle / "required_operators.config").read_text()
         assert "MatMulNBits" in ops and graphs["denoiser"]["file"].endswith(".ort")
+        assert graphs["denoiser"]["generation_file"] is None  # the .ort's kernels are fixed at conversion
     else:
         model = onnx.load(str(bundle / graphs["denoiser"]["file"]), load_external_data=False)
         assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) > 40
@@ -161,20 +162,32 @@ def _denoiser_feeds(session, rng: np.random.Generator, tokens: int = 256) -> dic
 
 
 @pytest.mark.slow
-def test_the_desktop_int8_denoiser_generates_with_int8_activations_and_personalizes_with_float_ones(
-        request, desktop_bundle):
-    """Generation sessions take the manifest's generation_session_config (MatMulNBits level 4: int8 dot
-    products); personalization sessions keep level 1, so a zeroth-order perturbation of the text states
-    (mu 1e-3) moves their output as it moves fp32's, which level 4 rounds away (docs/precision.md)."""
+@pytest.mark.parametrize("precision, zo_floor", [("int8", 0.99), ("int4", 0.9)])
+def test_a_desktop_quantized_denoiser_generates_with_int8_activations_and_personalizes_with_float_ones(
+        request, desktop_bundle, precision, zo_floor):
+    """Generation sessions run MatMulNBits at accuracy level 4 (int8 dot products): int8 through the manifest's
+    generation_session_config (the QDQ graph's fusion takes the level from the session), int4 through its
+    generation_file (MatMulNBits carries the level); personalization sessions keep level 1, so a zeroth-order
+    perturbation of the text states (mu 1e-3) moves their output as it moves fp32's, which level 4 rounds away
+    (docs/precision.md: ZO direction cosine 0.999 int8, 0.96 int4)."""
     from ralu_runtime.bundle import open_bundle
     from ralu_runtime.sessions import SessionConfig, open_session
 
-    bundle = open_bundle(exported_bundle(request, "desktop", "int8"))
+    bundle = open_bundle(exported_bundle(request, "desktop", precision))
     graph = bundle.manifest.graph("denoiser")
-    assert graph.session_config == {"session.qdq_matmulnbits_accuracy_level": "1"}
-    assert graph.generation_session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
-    assert graph.generation_parity.passed and graph.generation_parity.cosine >= 0.999
-    assert all(not g.generation_session_config for g in bundle.manifest.graphs if g.role != "denoiser")
+    if precision == "int8":
+        assert graph.session_config == {"session.qdq_matmulnbits_accuracy_level": "1"}
+        assert graph.generation_session_config == {"session.qdq_matmulnbits_accuracy_level": "4"}
+        assert graph.generation_file is None
+    else:
+        assert graph.generation_file == "transformer/denoiser_generation.onnx"
+        levels = {file: {a.i for n in onnx.load(str(bundle.path(file)), load_external_data=False).graph.node
+                         if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+                  for file in (graph.file, graph.generation_file)}
+        assert levels == {graph.file: {1}, graph.generation_file: {4}}
+    assert graph.generation_parity.passed and graph.generation_parity.cosine >= graph.parity.tolerance
+    assert all(not g.generation_session_config and g.generation_file is None
+               for g in bundle.manifest.graphs if g.role != "denoiser")
     sessions = {purpose: open_session(bundle, "denoiser", SessionConfig(threads=1, purpose=purpose))
                 for purpose in ("generate", "personalize")}
     reference = open_session(open_bundle(desktop_bundle), "denoiser", SessionConfig(threads=1))
@@ -190,7 +203,7 @@ def test_the_desktop_int8_denoiser_generates_with_int8_activations_and_personali
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
     fp32 = difference(reference)
-    assert cosine(difference(sessions["personalize"]), fp32) > 0.95
+    assert cosine(difference(sessions["personalize"]), fp32) > zo_floor
     assert abs(cosine(difference(sessions["generate"]), fp32)) < 0.5
     outputs = {p: s.run(None, feeds)[0].astype(np.float64).ravel() for p, s in sessions.items()}
-    assert cosine(outputs["generate"], outputs["personalize"]) > 0.999
+    assert cosine(outputs["generate"], outputs["personalize"]) > 0.99

@@ -62,7 +62,10 @@ class TargetSpec:
     None for a dynamic input; placeholder_defaults: dynamic placeholder inputs carry an empty in-graph
     default (optional inputs, which optimum never feeds) or are plain required inputs; weights_file: the
     name of each ONNX folder's external data file ({folder} is the folder's name); max_weight_bytes: the
-    most weight bytes all the bundle's graphs may hold together (checked before export), None for no limit."""
+    most weight bytes all the bundle's graphs may hold together (checked before export), None for no limit;
+    generation_kernels: the runtime opens the graphs as they are written, so generation sessions may take the
+    faster kernels personalization cannot use (int8 activations: quantize.GENERATION_SESSION_CONFIG and
+    GENERATION_NBITS) — not where a conversion fixes the kernels (.ort) or where they are unmeasured (web)."""
 
     name: str
     graph_format: Literal["onnx", "ort", "pte", "mlpackage"]
@@ -72,10 +75,11 @@ class TargetSpec:
     placeholder_defaults: bool = True
     weights_file: str = "model.onnx_data"
     max_weight_bytes: Optional[int] = None
+    generation_kernels: bool = False
 
 
 TARGET_SPECS: dict[str, TargetSpec] = {
-    "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE),
+    "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE, generation_kernels=True),
     "android": TargetSpec("android", "ort", "dynamic", DYNAMIC_NOTE),
     "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, placeholder_slots=4),
     "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, placeholder_slots=4),

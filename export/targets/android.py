@@ -32,8 +32,6 @@ def build(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
     for graph in graphs:
         graph.path = converted[graph.spec.name]
         graph.data_files = () if graph.path.suffix == ".ort" else graph.data_files
-        if graph.path.suffix == ".ort":  # its fusions (and their accuracy level) were fixed at conversion
-            graph.generation_session_config = {}
         if graph.path.suffix == ".onnx":
             notes[f"onnx_not_ort.{graph.spec.name}"] = ort_format.STAYS_ONNX_NOTE
             graph.session_config = {**graph.session_config, **ort_format.STAYS_ONNX_SESSION_CONFIG}

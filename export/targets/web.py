@@ -16,8 +16,6 @@ from ralu_export.plan import Plan
 def build(plan: Plan, root: Path) -> tuple[list[GraphEntry], dict[str, str]]:
     """Every graph of the web target under `root`; manifest entries and the layout note."""
     graphs = onnx_graphs.export_graphs(plan, root)
-    for graph in graphs:  # the page opens every session alike; int8 activations in WebAssembly are not measured
-        graph.generation_session_config = {}
     entries = [onnx_graphs.graph_entry(plan, root, graph, onnx_graphs.runner(graph)) for graph in graphs]
     notes = {"web.layout": "learned-token inputs are required (feed at least one row: id -1 and a zero "
                            "embedding when no token is loaded); external weights in <folder>/<folder>.onnx_data"}
