@@ -165,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "bench_precision", "issue": 15, "environment": env, "threads": args.threads,
            "bundles": facts, "models": {}}
     for model, names in by_model.items():
+        lengths = {name: tuple(facts[name]["stage_lengths"]) for name in names}
+        if len(set(lengths.values())) > 1:
+            raise SystemExit(f"the {model} bundles were exported at different sizes (stage lengths {lengths}); "
+                             "export them with the same --height/--width/--presets")
+    for model, names in by_model.items():
         reference = names[0]
         if facts[reference]["precision"] != "fp32":
             raise SystemExit(f"the first bundle of {model} must be fp32 (the reference), not {reference}")

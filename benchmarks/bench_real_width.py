@@ -430,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"MatMulNBits setting {k} (bits:block:accuracy level) at {list(v['calls'])[0]} image tokens: "
                   f"{list(v['calls'].values())[0]['median_ms']:.0f} ms per call (the int4 bundle's 4:32:1 above).\n\n"
                   for k, v in doc.get("sweep", {}).items())
-        + "Phases run in separate processes and are cached in WORK/results/ (a rerun reuses them), so the load "
-        "average above is the assembling run's; the phases ran while the machine's load average was 8-16.\n\n"
+        + "Phases run in separate processes and are cached in WORK/results/ (a rerun reuses them; --fresh redoes "
+        "them), so the load average above is the assembling run's. Step rows are timed as the runtime's generation "
+        "sessions open the graph (session_config + generation_session_config, or generation_file: MatMulNBits "
+        "at accuracy level 4); the *-personalize rows as its personalization sessions do (level 1).\n\n"
         f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_real_width.py --work {args.work} "
         f"--threads {args.threads} --grids {' '.join(map(str, args.grids))}`\n\n```\n{text}\n```\n")
     return 0
