@@ -37,9 +37,9 @@ SESSION_CONFIG: dict[str, dict[str, str]] = {
     "nbits8": {},
 }
 # Sessions that only generate may run the fused int8 MatMuls with int8 activations (MatMulNBits accuracy level
-# 4: int8 dot products, AVX2/AVX-512 VNNI here, ARM dot-product on phones): at FLUX.1's width 0.68x fp32's step
-# where level 1 takes 2.3x (docs/precision.md). Personalization keeps SESSION_CONFIG (its zeroth-order
-# differences vanish at level 4). Only the denoiser takes it: the text encoders run once per image, and T5's
+# 4: int8 dot products, AVX2/AVX-512 VNNI here, ARM dot-product on phones): at FLUX.1's width 0.64x fp32's
+# step at 1024 tokens where level 1 takes 1.30x (docs/precision.md). Personalization keeps SESSION_CONFIG (its
+# zeroth-order differences vanish at level 4). Only the denoiser takes it: the text encoders run once per image, and T5's
 # activation outliers are what int8 activations handle worst.
 GENERATION_SESSION_CONFIG: dict[str, dict[str, str]] = {
     "weight_qdq": {"session.qdq_matmulnbits_accuracy_level": "4"},
@@ -197,15 +197,13 @@ class NBitsConfig:
     symmetric: bool = True
 
 
-# Chosen by measurement (docs/precision.md; benchmarks/results/real_width.json "sweep"): accuracy level 4 (int8
-# activations) is the fastest kernel but flattens zeroth-order finite differences to noise (direction cosine
-# ~0.00 vs 0.96 at level 1 on the built-in model's denoiser), which would stop personalization through the
-# bundle; at level 1 the 4-bit weights already step a real-width model at 0.80-0.85x fp32's time
-# (benchmarks/results/real_width.json); block 32 is the most exact of the kernel's common blocks.
+# The graph file's kernel (`file`, what personalization and android open): accuracy level 1, because level 4
+# (int8 activations) flattens zeroth-order finite differences to noise (direction cosine ~0.00 vs 0.96 at level 1
+# on the built-in model's denoiser); block 32 is the most exact of the kernel's common blocks. MatMulNBits
+# carries its level in the graph, so generation gets a second graph file over the same weights with the level-4
+# kernel (GraphEntry.generation_file): at FLUX.1's width 0.72x fp32's step at 1024 tokens where level 1 takes
+# 1.12x, same output agreement (benchmarks/results/real_width.json, docs/precision.md).
 NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 1), "nbits8": NBitsConfig(8, 32, 1)}
-# MatMulNBits carries its level in the graph, so generation gets a second graph file over the same weights with
-# the level-4 kernel (GraphEntry.generation_file): at FLUX.1's width 0.73x fp32's step at 1024 tokens where
-# level 1 takes 1.06x (benchmarks/results/real_width.json), same output agreement (docs/precision.md).
 GENERATION_NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 4)}
 
 

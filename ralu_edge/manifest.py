@@ -165,7 +165,7 @@ class GraphEntry:
     {"session.qdq_matmulnbits_accuracy_level": "1"} to keep float activations); generation_session_config:
     entries that replace those in sessions that only generate (not zeroth-order personalization, which needs
     float activations to see its perturbations), e.g. level 4 for the desktop int8 denoiser: int8 dot
-    products, 0.68x fp32's step at FLUX.1's width (docs/precision.md); generation_parity: the export-time
+    products, 0.64x fp32's step at FLUX.1's width (docs/precision.md); generation_parity: the export-time
     check of the graph run that way; generation_file: a graph file over the same data_files with the same
     inputs and outputs that generation sessions open instead of `file` (the int4 denoiser with MatMulNBits at
     accuracy level 4, which carries its level in the graph)."""
