@@ -42,3 +42,15 @@ def test_captions_use_several_templates_and_name_every_attribute():
     _, caption, scene = training_sample(0, 5)
     for o in scene.objects:
         assert o.shape in caption and o.colour in caption
+
+
+def test_rotation_and_jitter_are_training_levers_that_leave_scene_and_caption_alone():
+    from ralu_export.shapes_world.world import PLAIN_BACKGROUNDS, render
+
+    turned, caption, scene = training_sample(3, 17, backgrounds=PLAIN_BACKGROUNDS)
+    fixed, fixed_caption, fixed_scene = training_sample(3, 17, backgrounds=PLAIN_BACKGROUNDS,
+                                                        max_rotation=0.0, position_jitter=0.0)
+    assert fixed_caption == caption and fixed_scene == scene
+    # No rotation and no jitter is the scene drawn at its nominal place and angle.
+    assert np.array_equal(fixed, render(scene, 128))
+    assert not np.array_equal(fixed, turned)

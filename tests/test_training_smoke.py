@@ -52,7 +52,7 @@ def test_training_continues_from_the_shipped_pipeline_folder(tmp_path):
 
 
 def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
-    """Plain backgrounds, caption dropout, one resolution, and a learning-curve point before and after the step
+    """Plain backgrounds, caption dropout, fixed templates (no rotation or jitter), one resolution, and a learning-curve point before and after the step
     (held-out prompts sampled by the EMA model, scored without and with true CFG) in the packed report; the
     encoded latents are cached for a resumed run."""
     from ralu_export import builtin_model_path
@@ -64,9 +64,11 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
                            "--dit-batch", "2", "--dit-steps", "1", "--dit-warmup", "1", "--workers", "1",
                            "--backgrounds", "plain", "--caption-dropout", "0.5", "--resolutions", "64:1",
                            "--eval-every", "1", "--eval-steps", "1", "--eval-guidance", "2",
+                           "--max-rotation", "0", "--position-jitter", "0",
                            "--init-weights", str(shipped)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "weights" / "training_report.json").read_text())
+    assert report["train_config"]["max_rotation"] == 0.0 and report["train_config"]["position_jitter"] == 0.0
     curve = report["learning_curve"]
     assert [p["step"] for p in curve] == [0, 1] and curve[1]["samples_seen"] == curve[0]["samples_seen"] + 2
     assert curve[0]["samples_seen"] == samples_seen_in(report["init_weights"]["earlier_report"]) > 0
@@ -74,4 +76,7 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
         for key in ("cfg1", "cfg2"):
             assert 0.0 <= point[key]["attribute_accuracy_single"] <= 1.0 and point[key]["colour_accuracy"] >= 0.0
     assert report["train_config"]["backgrounds"] == "plain" and report["samples_seen"] == curve[1]["samples_seen"]
-    assert (tmp_path / "w" / "latents.pt").is_file()
+    import torch
+
+    key = torch.load(tmp_path / "w" / "latents.pt")["key"]  # a cache of other renders is not reused
+    assert key["max_rotation"] == 0.0 and key["position_jitter"] == 0.0

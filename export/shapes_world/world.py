@@ -178,12 +178,16 @@ def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35,
 
 
 def training_sample(seed: int, index: int, size: int = 128,
-                    backgrounds: tuple[str, ...] = BACKGROUNDS) -> tuple[np.ndarray, str, Scene]:
-    """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene)."""
+                    backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
+                    position_jitter: float = 0.03) -> tuple[np.ndarray, str, Scene]:
+    """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene).
+
+    Each object is turned by up to ±`max_rotation` degrees and its centre moved by up to ±`position_jitter`
+    of the side; the scene and caption do not depend on either."""
     rng = rng_for(seed, "shapes_world/sample", index)
     scene = sample_scene(rng, backgrounds=backgrounds)
-    jitter = rng.uniform(-0.03, 0.03, size=(len(scene.objects), 2))
-    angle = rng.uniform(-12.0, 12.0, size=len(scene.objects))
+    jitter = rng.uniform(-position_jitter, position_jitter, size=(len(scene.objects), 2))
+    angle = rng.uniform(-max_rotation, max_rotation, size=len(scene.objects))
     image = render(scene, size, jitter=jitter, angles_deg=angle, texture_seed=int(rng.integers(2**31)))
     return image, caption_for(scene), scene
 
@@ -282,11 +286,12 @@ def render(scene: Scene, size: int = 128, *, jitter: np.ndarray | None = None,
 
 
 def render_batch(seed: int, start: int, count: int, size: int = 128,
-                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> tuple[np.ndarray, list[str], list[Scene]]:
+                 backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
+                 position_jitter: float = 0.03) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Training samples start..start+count-1: (images [count, size, size, 3] uint8, captions, scenes)."""
     images, captions, scenes = [], [], []
     for i in range(start, start + count):
-        im, cap, sc = training_sample(seed, i, size, backgrounds)
+        im, cap, sc = training_sample(seed, i, size, backgrounds, max_rotation, position_jitter)
         images.append(im)
         captions.append(cap)
         scenes.append(sc)

@@ -31,18 +31,19 @@ def _parallel_map(fn, jobs: list, workers: int) -> list:
         return list(pool.map(fn, jobs))
 
 
-def _chunk(args: tuple[int, int, int, int, tuple[str, ...]]):
-    seed, start, count, size, backgrounds = args
-    return render_batch(seed, start, count, size, backgrounds)
+def _chunk(args: tuple[int, int, int, int, tuple[str, ...], float, float]):
+    return render_batch(*args)
 
 
 def render_training_set(seed: int, count: int, size: int = 128, workers: int | None = None,
-                        backgrounds: tuple[str, ...] = BACKGROUNDS) -> RenderedSet:
-    """Training samples 0..count-1 for `seed` on `backgrounds`, rendered on `workers` processes (default: all
-    cores)."""
+                        backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
+                        position_jitter: float = 0.03) -> RenderedSet:
+    """Training samples 0..count-1 for `seed` on `backgrounds` (objects turned by up to ±`max_rotation`
+    degrees, moved by up to ±`position_jitter`), rendered on `workers` processes (default: all cores)."""
     workers = workers or os.cpu_count() or 1
     step = max(1, min(2000, count // workers + 1))
-    jobs = [(seed, s, min(step, count - s), size, backgrounds) for s in range(0, count, step)]
+    jobs = [(seed, s, min(step, count - s), size, backgrounds, max_rotation, position_jitter)
+            for s in range(0, count, step)]
     images, captions, scenes = [], [], []
     for im, cap, sc in _parallel_map(_chunk, jobs, workers):
         images.append(im)

@@ -68,7 +68,8 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     # With a fixed VAE (init_weights) the latents depend only on the data settings: a resumed run reads them
     # back instead of rendering and encoding again (tens of CPU minutes).
     data_key = {"seed": cfg.seed, "num_images": cfg.num_images, "size": model_cfg.image_size,
-                "backgrounds": cfg.backgrounds, "resolutions": sorted(cfg.resolutions), "vae": str(init_weights)}
+                "backgrounds": cfg.backgrounds, "resolutions": sorted(cfg.resolutions), "vae": str(init_weights),
+                "max_rotation": cfg.max_rotation, "position_jitter": cfg.position_jitter}
     cache = work / "latents.pt"
     cached = None
     if init_weights is not None and cache.is_file():
@@ -76,7 +77,8 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
         cached = cached if cached.get("key") == data_key else None
     if cached is None:
         data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None,
-                                   backgrounds=training_backgrounds(cfg.backgrounds))
+                                   backgrounds=training_backgrounds(cfg.backgrounds),
+                                   max_rotation=cfg.max_rotation, position_jitter=cfg.position_jitter)
     report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
                     "torch": torch.__version__, "render_seconds": time.monotonic() - started}
     comps = _fresh_components(model_cfg, tokenizer_root, cfg.seed)

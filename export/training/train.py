@@ -45,6 +45,8 @@ class TrainConfig:
     sigma_location: float = 0.0  # mean of the logit-normal sigma density (> 0 favours noisier sigmas)
     sigma_uniform: float = 0.2  # fraction of sigmas drawn uniformly instead
     object_weight: float = 0.0  # extra loss weight on object tokens (0 = plain MSE; see dit_loss)
+    max_rotation: float = 12.0  # training renders turn each object by up to this many degrees
+    position_jitter: float = 0.03  # ... and move its centre by up to this fraction of the side
     eval_every: int = 0  # steps between learning-curve points (held-out prompts, sampled and classified)
     eval_steps: int = 20  # Euler steps of those samples
     eval_guidance: float = 0.0  # also score them with true CFG at this scale (0 = only without)
