@@ -178,8 +178,10 @@ def test_the_runtime_baseline_with_the_manifest_scale_reproduces_diffusers_true_
                           latents=torch.from_numpy(noise), output_type="np",
                           **sampling.flux_pipeline_kwargs(1)).images[0]
         images[label] = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
-    assert psnr(ours, images["cfg"]) >= 40.0
-    assert psnr(images["plain"], images["cfg"]) < 35.0
+    # Ours is diffusers' guided image, and clearly not its unguided one (which a model trained with caption
+    # dropout draws close to the guided one: 41 dB on round 5 of the built-in model).
+    to_cfg, to_plain = psnr(ours, images["cfg"]), psnr(ours, images["plain"])
+    assert to_cfg >= 40.0 and to_cfg >= to_plain + 6.0, (to_cfg, to_plain)
 
 
 @pytest.fixture(scope="module")
