@@ -52,9 +52,10 @@ def test_training_continues_from_the_shipped_pipeline_folder(tmp_path):
 
 
 def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
-    """Plain backgrounds, caption dropout, fixed templates (no rotation or jitter), one resolution, and a learning-curve point before and after the step
-    (held-out prompts sampled by the EMA model, scored without and with true CFG) in the packed report; the
-    encoded latents are cached for a resumed run."""
+    """Plain backgrounds, caption dropout, fixed templates (no rotation or jitter), one resolution, and a
+    learning-curve point before and after the step (held-out prompts sampled by the EMA model, scored without
+    and with true CFG) in the packed report; the encoded latents are cached for a resumed run, keyed by the
+    rendering settings."""
     from ralu_export import builtin_model_path
     from ralu_export.training.run import samples_seen_in
 

@@ -38,6 +38,10 @@ POSITIONS = {
 }
 PAIRS = (("left", "right"), ("top", "bottom"))
 SIZES = {"small": 0.12, "large": 0.2}  # circumradius as a fraction of the image side
+# Training renders turn each object by up to ±MAX_ROTATION degrees and move its centre by up to ±POSITION_JITTER
+# of the side (issue 12's round 5 sets both to 0: fixed templates).
+MAX_ROTATION = 12.0
+POSITION_JITTER = 0.03
 BACKGROUNDS = ("plain-light", "plain-dark", "stripes", "checker", "dots", "noise")
 PLAIN_BACKGROUNDS = ("plain-light", "plain-dark")
 _BACKGROUND_WORDS = {
@@ -178,8 +182,8 @@ def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35,
 
 
 def training_sample(seed: int, index: int, size: int = 128,
-                    backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
-                    position_jitter: float = 0.03) -> tuple[np.ndarray, str, Scene]:
+                    backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
+                    position_jitter: float = POSITION_JITTER) -> tuple[np.ndarray, str, Scene]:
     """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene).
 
     Each object is turned by up to ±`max_rotation` degrees and its centre moved by up to ±`position_jitter`
@@ -286,8 +290,8 @@ def render(scene: Scene, size: int = 128, *, jitter: np.ndarray | None = None,
 
 
 def render_batch(seed: int, start: int, count: int, size: int = 128,
-                 backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
-                 position_jitter: float = 0.03) -> tuple[np.ndarray, list[str], list[Scene]]:
+                 backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
+                 position_jitter: float = POSITION_JITTER) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Training samples start..start+count-1: (images [count, size, size, 3] uint8, captions, scenes)."""
     images, captions, scenes = [], [], []
     for i in range(start, start + count):

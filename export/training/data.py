@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ralu_export.shapes_world import BACKGROUNDS, Scene, render_batch
-from ralu_export.shapes_world.world import render, sample_scene
+from ralu_export.shapes_world.world import MAX_ROTATION, POSITION_JITTER, render, sample_scene
 from ralu_edge.rng import rng_for
 
 
@@ -36,8 +36,8 @@ def _chunk(args: tuple[int, int, int, int, tuple[str, ...], float, float]):
 
 
 def render_training_set(seed: int, count: int, size: int = 128, workers: int | None = None,
-                        backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = 12.0,
-                        position_jitter: float = 0.03) -> RenderedSet:
+                        backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
+                        position_jitter: float = POSITION_JITTER) -> RenderedSet:
     """Training samples 0..count-1 for `seed` on `backgrounds` (objects turned by up to ±`max_rotation`
     degrees, moved by up to ±`position_jitter`), rendered on `workers` processes (default: all cores)."""
     workers = workers or os.cpu_count() or 1

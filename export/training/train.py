@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ralu_export import shapes_model as sm
 from ralu_export.eval.classifier import AttributeClassifier, images_to_tensor, scene_labels
+from ralu_export.shapes_world.world import MAX_ROTATION, POSITION_JITTER
 from ralu_export.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ralu_export.training.data import render_classifier_set, render_training_set, tokenize_captions
 
@@ -45,8 +46,8 @@ class TrainConfig:
     sigma_location: float = 0.0  # mean of the logit-normal sigma density (> 0 favours noisier sigmas)
     sigma_uniform: float = 0.2  # fraction of sigmas drawn uniformly instead
     object_weight: float = 0.0  # extra loss weight on object tokens (0 = plain MSE; see dit_loss)
-    max_rotation: float = 12.0  # training renders turn each object by up to this many degrees
-    position_jitter: float = 0.03  # ... and move its centre by up to this fraction of the side
+    max_rotation: float = MAX_ROTATION  # training renders turn each object by up to this many degrees
+    position_jitter: float = POSITION_JITTER  # ... and move its centre by up to this fraction of the side
     eval_every: int = 0  # steps between learning-curve points (held-out prompts, sampled and classified)
     eval_steps: int = 20  # Euler steps of those samples
     eval_guidance: float = 0.0  # also score them with true CFG at this scale (0 = only without)
