@@ -54,3 +54,14 @@ def test_rotation_and_jitter_are_training_levers_that_leave_scene_and_caption_al
     # No rotation and no jitter is the scene drawn at its nominal place and angle.
     assert np.array_equal(fixed, render(scene, 128))
     assert not np.array_equal(fixed, turned)
+
+
+def test_the_two_object_share_is_a_training_lever():
+    from ralu_export.shapes_world.world import TWO_OBJECT_FRACTION
+
+    counts = {f: [len(training_sample(5, i, size=16, two_object_fraction=f)[2].objects) for i in range(40)]
+              for f in (0.0, TWO_OBJECT_FRACTION, 1.0)}
+    assert set(counts[0.0]) == {1} and set(counts[1.0]) == {2}
+    # The default share is the stream every earlier round was trained on.
+    assert counts[TWO_OBJECT_FRACTION] == [len(training_sample(5, i, size=16)[2].objects) for i in range(40)]
+    assert set(counts[TWO_OBJECT_FRACTION]) == {1, 2}

@@ -65,11 +65,12 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
                            "--dit-batch", "2", "--dit-steps", "1", "--dit-warmup", "1", "--workers", "1",
                            "--backgrounds", "plain", "--caption-dropout", "0.5", "--resolutions", "64:1",
                            "--eval-every", "1", "--eval-steps", "1", "--eval-guidance", "2",
-                           "--max-rotation", "0", "--position-jitter", "0",
+                           "--max-rotation", "0", "--position-jitter", "0", "--two-object-fraction", "0.6",
                            "--init-weights", str(shipped)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "weights" / "training_report.json").read_text())
     assert report["train_config"]["max_rotation"] == 0.0 and report["train_config"]["position_jitter"] == 0.0
+    assert report["train_config"]["two_object_fraction"] == 0.6
     curve = report["learning_curve"]
     assert [p["step"] for p in curve] == [0, 1] and curve[1]["samples_seen"] == curve[0]["samples_seen"] + 2
     assert curve[0]["samples_seen"] == samples_seen_in(report["init_weights"]["earlier_report"]) > 0
@@ -80,4 +81,4 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
     import torch
 
     key = torch.load(tmp_path / "w" / "latents.pt")["key"]  # a cache of other renders is not reused
-    assert key["max_rotation"] == 0.0 and key["position_jitter"] == 0.0
+    assert key["max_rotation"] == 0.0 and key["position_jitter"] == 0.0 and key["two_object_fraction"] == 0.6

@@ -42,6 +42,7 @@ SIZES = {"small": 0.12, "large": 0.2}  # circumradius as a fraction of the image
 # of the side (issue 12's round 5 sets both to 0: fixed templates).
 MAX_ROTATION = 12.0
 POSITION_JITTER = 0.03
+TWO_OBJECT_FRACTION = 0.35  # share of two-object scenes in the training stream (held-out pairs are large-large)
 BACKGROUNDS = ("plain-light", "plain-dark", "stripes", "checker", "dots", "noise")
 PLAIN_BACKGROUNDS = ("plain-light", "plain-dark")
 _BACKGROUND_WORDS = {
@@ -155,7 +156,7 @@ def heldout_scenes() -> list[Scene]:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
-def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35,
+def sample_scene(rng: np.random.Generator, two_object_fraction: float = TWO_OBJECT_FRACTION,
                  backgrounds: tuple[str, ...] = BACKGROUNDS) -> Scene:
     """One random training scene (never a held-out combination) on one of `backgrounds`."""
     colours = list(COLOURS)
@@ -183,13 +184,15 @@ def sample_scene(rng: np.random.Generator, two_object_fraction: float = 0.35,
 
 def training_sample(seed: int, index: int, size: int = 128,
                     backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
-                    position_jitter: float = POSITION_JITTER) -> tuple[np.ndarray, str, Scene]:
+                    position_jitter: float = POSITION_JITTER,
+                    two_object_fraction: float = TWO_OBJECT_FRACTION) -> tuple[np.ndarray, str, Scene]:
     """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene).
 
     Each object is turned by up to ±`max_rotation` degrees and its centre moved by up to ±`position_jitter`
-    of the side; the scene and caption do not depend on either."""
+    of the side; the scene and caption do not depend on either. A share `two_object_fraction` of the scenes
+    hold two objects."""
     rng = rng_for(seed, "shapes_world/sample", index)
-    scene = sample_scene(rng, backgrounds=backgrounds)
+    scene = sample_scene(rng, two_object_fraction, backgrounds)
     jitter = rng.uniform(-position_jitter, position_jitter, size=(len(scene.objects), 2))
     angle = rng.uniform(-max_rotation, max_rotation, size=len(scene.objects))
     image = render(scene, size, jitter=jitter, angles_deg=angle, texture_seed=int(rng.integers(2**31)))
@@ -291,11 +294,12 @@ def render(scene: Scene, size: int = 128, *, jitter: np.ndarray | None = None,
 
 def render_batch(seed: int, start: int, count: int, size: int = 128,
                  backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
-                 position_jitter: float = POSITION_JITTER) -> tuple[np.ndarray, list[str], list[Scene]]:
+                 position_jitter: float = POSITION_JITTER,
+                 two_object_fraction: float = TWO_OBJECT_FRACTION) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Training samples start..start+count-1: (images [count, size, size, 3] uint8, captions, scenes)."""
     images, captions, scenes = [], [], []
     for i in range(start, start + count):
-        im, cap, sc = training_sample(seed, i, size, backgrounds, max_rotation, position_jitter)
+        im, cap, sc = training_sample(seed, i, size, backgrounds, max_rotation, position_jitter, two_object_fraction)
         images.append(im)
         captions.append(cap)
         scenes.append(sc)

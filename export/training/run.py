@@ -69,7 +69,8 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     # back instead of rendering and encoding again (tens of CPU minutes).
     data_key = {"seed": cfg.seed, "num_images": cfg.num_images, "size": model_cfg.image_size,
                 "backgrounds": cfg.backgrounds, "resolutions": sorted(cfg.resolutions), "vae": str(init_weights),
-                "max_rotation": cfg.max_rotation, "position_jitter": cfg.position_jitter}
+                "max_rotation": cfg.max_rotation, "position_jitter": cfg.position_jitter,
+                "two_object_fraction": cfg.two_object_fraction}
     cache = work / "latents.pt"
     cached = None
     if init_weights is not None and cache.is_file():
@@ -78,7 +79,8 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
     if cached is None:
         data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None,
                                    backgrounds=training_backgrounds(cfg.backgrounds),
-                                   max_rotation=cfg.max_rotation, position_jitter=cfg.position_jitter)
+                                   max_rotation=cfg.max_rotation, position_jitter=cfg.position_jitter,
+                                   two_object_fraction=cfg.two_object_fraction)
     report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
                     "torch": torch.__version__, "render_seconds": time.monotonic() - started}
     comps = _fresh_components(model_cfg, tokenizer_root, cfg.seed)
