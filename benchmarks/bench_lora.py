@@ -67,7 +67,7 @@ def psnr_to_diffusers(bundle: Path, lora: Path, threads: int, steps: int) -> dic
     diffusers without it (what the target's precision costs anyway)."""
     import torch
 
-    from ralu_edge.rng import rng_for
+    from ralu_edge.rng import initial_noise
     from ralu_export.models import load_flux_pipeline
     from ralu_runtime.lora import LoraRequest
     from ralu_runtime.pipeline import Pipeline
@@ -75,7 +75,7 @@ def psnr_to_diffusers(bundle: Path, lora: Path, threads: int, steps: int) -> dic
     torch.set_num_threads(threads)
     pipe = Pipeline.from_bundle(bundle, threads=threads)
     gh, gw = pipe.grid
-    noise = rng_for(0, "initial_noise").standard_normal((1, gh * gw, pipe.channels)).astype(np.float32)
+    noise = initial_noise(0, gh * gw, pipe.channels)
     noise = torch.from_numpy(noise)
     res = pipe.bundle.manifest.resolutions[0]
     ref = load_flux_pipeline(pipe.bundle.manifest.model.name)

@@ -321,7 +321,7 @@ def run_memory(path: Path, threads: int, repeats: int = 2) -> dict:
 def run_executorch_vs_ort(pte_bundle: Path, ort_bundle: Path, repeats: int, threads: int) -> dict:
     """Denoising-loop seconds of the ExecuTorch and ORT denoisers on the same geometry and conditioning
     (text from the ORT bundle's encoders), baseline-50 and ralu-4x, interleaved."""
-    from ralu_edge.rng import rng_for
+    from ralu_edge.rng import initial_noise, rng_for
     from ralu_edge.sampler import ralu_sample, sample_baseline
     from ralu_edge.schedules import flux_baseline_sigmas
     from ralu_runtime.bundle import open_bundle
@@ -334,7 +334,7 @@ def run_executorch_vs_ort(pte_bundle: Path, ort_bundle: Path, repeats: int, thre
     cond = pipe.text.encode(PROMPTS[0])
     preset = pipe.preset_for_mode("ralu-4x")
     channels = pipe.channels
-    noise = rng_for(0, "initial_noise").standard_normal((1, gh * gw, channels)).astype(np.float32)
+    noise = initial_noise(0, gh * gw, channels)
 
     def loop(denoiser, mode):
         if mode == "baseline":

@@ -5,7 +5,7 @@ model (otherwise the reason is recorded, not a failure).
 
 Every contender runs in a fresh process (`--worker NAME`), `--repeats` rounds, at each of `--threads`, in an
 order rotated per round (measure.rotated) so load drift hits all alike. Every contender that accepts `latents`
-gets the same initial noise: ralu-run's own (ralu_edge.rng.rng_for(seed, "initial_noise"), packed tokens
+gets the same initial noise: ralu-run's own (ralu_edge.rng.initial_noise, packed tokens
 [1, L, 4·C], which is FluxPipeline's packed layout). Per run: import seconds, load seconds (pipeline or
 sessions), per-step ms (median of the step intervals; ralu-run: seconds_denoise / steps), end-to-end seconds
 (one image, prompt to pixels), the process's VmHWM, and the image, whose PSNR against diffusers' image of the
@@ -47,13 +47,13 @@ SD_CPP_REASON = (
 
 def _noise(model_dir: Path, height: int, width: int) -> np.ndarray:
     """ralu-run's initial noise for SEED: [1, L, 4C] float32 packed tokens."""
-    from ralu_edge.rng import rng_for
+    from ralu_edge.rng import initial_noise
 
     vae = json.loads((model_dir / "vae" / "config.json").read_text())
     factor = 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1)
     gh, gw = height // factor // 2, width // factor // 2
     channels = vae["latent_channels"] * 4
-    return rng_for(SEED, "initial_noise").standard_normal((1, gh * gw, channels)).astype(np.float32)
+    return initial_noise(SEED, gh * gw, channels)
 
 
 def _diffusers_call(pipe, args, latents, step_times: list) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from ralu_edge.cache import SIGNAL, SignalRecorder, fit_rescale, rescaled
 from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
 from ralu_edge.manifest import CacheCalibration, read_manifest
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_edge.sampler import ralu_sample, sample_baseline
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def calibrate_cache(bundle_dir: Path) -> CacheCalibration | None:
         cond = pipe.text.encode(prompt)
         if scale is not None:
             cond = stack_conditionings(pipe.text.encode(""), cond)
-        noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, pipe.channels)).astype(np.float32)
+        noise = initial_noise(seed, gh * gw, pipe.channels)
         sample_baseline(recorder, noise, gh, gw, pipe.baseline_sigmas(CALIBRATION_STEPS), cond)
         for mode in runs[1:]:
             ralu_sample(recorder, noise, gh, gw, pipe.preset_for_mode(mode), cond, rng=rng_for(seed, "ralu/select"),

@@ -22,7 +22,7 @@ from ralu_edge import presets as ralu_presets
 from ralu_edge.cache import CacheConfig, CachedDenoiser
 from ralu_edge.errors import UserError
 from ralu_edge.guidance import ClassifierFreeGuidance, stack_conditionings
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_edge.sampler import (
     StageInfo, baseline_image_token_steps, image_token_steps, ralu_sample, sample_baseline,
 )
@@ -173,7 +173,7 @@ class Pipeline:
         t_text = time.perf_counter()
         session_before = self.clock.session_seconds
         gh, gw = self.grid
-        noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, self.channels)).astype(np.float32)
+        noise = initial_noise(seed, gh * gw, self.channels)
         stats, tokens = self._denoise(denoiser, noise, cond, mode, steps, seed, edge_proxy, on_step)
         t_denoise = time.perf_counter()
         stats.seconds_in_sessions_denoise = self.clock.session_seconds - session_before

@@ -22,7 +22,7 @@ from ralu_edge.feeds import (
     timestep_values, velocity_from_outputs,
 )
 from ralu_edge.manifest import RopeSpec, read_manifest
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_edge.sd3 import SincosGrid, sd3_output_from_packed
 from ralu_edge.seam import Conditioning
 from ralu_edge.tokens import assemble_stage2, grid_positions
@@ -312,7 +312,7 @@ def test_runtime_images_match_the_torch_reference_within_40_db_in_every_mode(sha
 
     pipe, torch_denoiser, torch_cond, runtime = shapes_runtime_and_torch
     gh, gw = runtime.grid
-    noise = rng_for(11, "initial_noise").standard_normal((1, gh * gw, runtime.channels)).astype(np.float32)
+    noise = initial_noise(11, gh * gw, runtime.channels)
     pairs = ((torch_denoiser, torch_cond), (runtime.denoiser, runtime.text.encode(PROMPT)))
     if mode == "baseline":
         tokens = [sample_baseline(d, noise, gh, gw, flux_baseline_sigmas(28, gh * gw), c) for d, c in pairs]

@@ -134,6 +134,8 @@ REFUSALS = {
     "eval-unknown-model": ("ralu_export.eval.cli", ["--model", "no-such-model"],
                            "error: model 'no-such-model' is neither a built-in model"),
     "eval-not-a-pipeline": ("ralu_export.eval.cli", ["--model", _empty_folder], "no model_index.json"),
+    "eval-bundle-diffusers-noise": ("ralu_export.eval.cli", ["--bundle", _empty_folder, "--noise", "diffusers"],
+                                    "needs --model"),
     "eval-negative-limit": ("ralu_export.eval.cli", ["--model", "shapes", "--limit", "-1"],
                             "error: --limit and --threads must be 0 (all) or positive"),
     "eval-negative-threads": ("ralu_export.eval.cli", ["--model", "shapes", "--threads", "-1"],

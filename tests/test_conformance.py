@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ralu_edge import presets as ralu_presets
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_edge.seam import Conditioning
 from ralu_edge.zo import PutsConfig, ZOConfig
 from ralu_export import conformance as cf
@@ -46,7 +46,7 @@ def _stub_sources(with_zo: bool) -> cf.VectorSources:
                         image_pixels=128 * 128)
     return cf.VectorSources(
         denoiser=StubDenoiser(), cond_for=lambda prompt: cond,
-        noise_for=lambda seed: rng_for(seed, "initial_noise").standard_normal((1, 256, 16)).astype(np.float32),
+        noise_for=lambda seed: initial_noise(seed, 256, 16),
         grid=GRID, latent_channels=4,
         tokenizer_files={"tokenizer": (SHAPES / "tokenizer/tokenizer.json", "clip", CLIP_CONFIG),
                          "tokenizer_2": (SHAPES / "tokenizer_2/tokenizer.json", "t5", T5_CONFIG)},

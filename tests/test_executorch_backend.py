@@ -23,13 +23,13 @@ def backends(executorch_bundle, desktop_bundle):
 
 
 def test_a_ralu_4x_loop_runs_one_method_per_step_and_matches_ort(backends):
-    from ralu_edge.rng import rng_for
+    from ralu_edge.rng import initial_noise, rng_for
     from ralu_edge.sampler import ralu_sample
 
     pipe, et = backends
     gh, gw = pipe.grid
     cond = pipe.text.encode("a small blue square at the top right")
-    noise = rng_for(3, "initial_noise").standard_normal((1, gh * gw, pipe.channels)).astype(np.float32)
+    noise = initial_noise(3, gh * gw, pipe.channels)
     preset = pipe.preset_for_mode("ralu-4x")
     calls_before = et.calls
     finals = [ralu_sample(d, noise, gh, gw, preset, cond, rng=rng_for(3, "ralu/select"),

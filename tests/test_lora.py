@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_runtime.lora import LoraRequest
 from tests.conftest import exported_bundle, tiny_model_bundle, tiny_model_folder
 from tests.test_runtime_lora import LORA, PROMPT, kohya_copy
@@ -37,7 +37,7 @@ def _reference_image(ref, runtime, prompt: str, steps: int, seed: int, **kwargs)
     import torch
 
     gh, gw = runtime.grid
-    noise = rng_for(seed, "initial_noise").standard_normal((1, gh * gw, runtime.channels)).astype(np.float32)
+    noise = initial_noise(seed, gh * gw, runtime.channels)
     res = runtime.bundle.manifest.resolutions[0]
     return _uint8(ref(prompt, height=res.height, width=res.width, num_inference_steps=steps, max_sequence_length=32,
                       latents=torch.from_numpy(noise), output_type="np", **kwargs).images[0])
@@ -224,7 +224,7 @@ def test_a_tiny_sd3_pipeline_with_a_peft_lora_matches_diffusers(request, tmp_pat
 
     ref = _reference(lora, 0.9, str(model), load_sd3_pipeline)
     grid = runtime.grid
-    noise = rng_for(0, "initial_noise").standard_normal((1, grid[0] * grid[1], runtime.channels)).astype(np.float32)
+    noise = initial_noise(0, grid[0] * grid[1], runtime.channels)
     image = _uint8(ref(PROMPT, height=runtime.bundle.manifest.resolutions[0].height,
                        width=runtime.bundle.manifest.resolutions[0].width, num_inference_steps=4,
                        latents=torch.from_numpy(unpatchify(noise, *grid)),

@@ -74,7 +74,7 @@ def test_every_ralu_preset_runs_through_the_runtime(bundles, target):
 
 def test_a_ralu_4x_loop_through_the_executorch_program_matches_ort(bundles):
     pytest.importorskip("executorch.runtime")
-    from ralu_edge.rng import rng_for
+    from ralu_edge.rng import initial_noise, rng_for
     from ralu_edge.sampler import ralu_sample
     from ralu_export.executorch_backend import ExecutorchDenoiser
     from ralu_runtime.bundle import open_bundle
@@ -84,7 +84,7 @@ def test_a_ralu_4x_loop_through_the_executorch_program_matches_ort(bundles):
     et = ExecutorchDenoiser(open_bundle(bundles("executorch")), threads=1)
     gh, gw = pipe.grid
     cond = pipe.text.encode(PROMPT)
-    noise = rng_for(1, "initial_noise").standard_normal((1, gh * gw, pipe.channels)).astype(np.float32)
+    noise = initial_noise(1, gh * gw, pipe.channels)
     preset = pipe.preset_for_mode("ralu-4x")
     finals = [ralu_sample(d, noise, gh, gw, preset, cond, rng=rng_for(1, "ralu/select"),
                           latent_channels=pipe.channels // 4).tokens for d in (pipe.denoiser, et)]

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from ralu_edge.rng import rng_for
+from ralu_edge.rng import initial_noise, rng_for
 from ralu_edge.sd3 import ClassifierFreeGuidance, stack_conditionings, unpatchify
 from tests.conftest import random_image_folder
 
@@ -85,8 +85,8 @@ def test_the_baseline_reproduces_diffusers_sd3_pipeline_with_the_same_noise(desk
     runtime = Pipeline.from_bundle(desktop, threads=2)
     seed, steps = 5, 8
     grid = runtime.grid
-    noise = rng_for(seed, "initial_noise").standard_normal((1, grid[0] * grid[1], runtime.channels))
-    expected = _diffusers_image(reference, noise.astype(np.float32), grid, steps, guidance)
+    noise = initial_noise(seed, grid[0] * grid[1], runtime.channels)
+    expected = _diffusers_image(reference, noise, grid, steps, guidance)
     ours = runtime(PROMPT, mode="baseline", steps=steps, seed=seed, guidance_scale=guidance).image
     assert _psnr(ours, expected) >= 40.0
 
@@ -115,7 +115,7 @@ def test_ralu_presets_run_through_the_runtime_and_match_the_torch_reference(desk
     preset = runtime.preset_for_mode(mode)
     assert result.image.shape == (SIZE, SIZE, 3) and result.stats.nfe == preset.nfe
     gh, gw = runtime.grid
-    noise = rng_for(1, "initial_noise").standard_normal((1, gh * gw, runtime.channels)).astype(np.float32)
+    noise = initial_noise(1, gh * gw, runtime.channels)
     torch_denoiser = ClassifierFreeGuidance(TorchSd3Denoiser(reference.transformer, gh, gw), 7.0)
     torch_cond = encode_prompt_sd3(reference, PROMPT, reference.tokenizer_3.model_max_length)
     tokens = ralu_sample(torch_denoiser, noise, gh, gw, preset, torch_cond, rng=rng_for(1, "ralu/select"),

@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="baseline", help="with --bundle: baseline or ralu-<N>x")
     p.add_argument("--steps", type=int, default=28, help="denoising steps (FluxPipeline, or the baseline mode)")
     p.add_argument("--seed", type=int, default=0, help="prompt i uses seed + i")
+    p.add_argument("--noise", choices=("diffusers", "runtime"), default=None,
+                   help="initial noise of prompt i. diffusers (--model's default): FluxPipeline's own draw for seed i; "
+                        "runtime (--bundle's, the only one it has): ralu-run's draw for seed i, given to FluxPipeline "
+                        "as latents with --model, so its images pair one to one with --bundle's and a difference "
+                        "between the two is the bundle's, not the noise's")
     p.add_argument("--limit", type=int, default=0, help="score only the first N held-out prompts (0 = all 72)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--grid", type=Path, default=None, help="write a PNG grid of prompts -> images here")
@@ -30,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(model: str, steps: int, seed: int, limit: int = 0, grid: Path | None = None) -> dict:
+def evaluate(model: str, steps: int, seed: int, limit: int = 0, grid: Path | None = None,
+             noise: str = "diffusers") -> dict:
     """Generate with FluxPipeline over the held-out prompts and score them (see attribute_report)."""
     from ralu_export.eval.generate import flux_pipeline_images
     from ralu_export.eval.scoring import attribute_report, classify, load_classifier
@@ -46,9 +52,10 @@ def evaluate(model: str, steps: int, seed: int, limit: int = 0, grid: Path | Non
     scenes = scenes[:limit] if limit > 0 else scenes
     prompts = [caption_for(s) for s in scenes]
     started = time.perf_counter()
-    images = flux_pipeline_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps, sampling=sampling)
+    images = flux_pipeline_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps, sampling=sampling,
+                                  noise=noise)
     seconds = time.perf_counter() - started
-    report = {"model": model, "sampler": "diffusers-FluxPipeline", "steps": steps, "seed": seed,
+    report = {"model": model, "sampler": "diffusers-FluxPipeline", "steps": steps, "seed": seed, "noise": noise,
               "true_cfg_scale": sampling.true_cfg_scale,
               **attribute_report(classify(clf, images), scenes), "seconds_per_image": seconds / len(prompts)}
     if grid is not None:
@@ -76,7 +83,8 @@ def evaluate_bundle(bundle: Path, mode: str, steps: int, seed: int, limit: int =
     seconds = time.perf_counter() - started
     images = np.stack([r.image for r in results])
     report = {"bundle": str(bundle), "sampler": f"ralu-runtime {mode}", "mode": mode,
-              "steps": results[0].stats.nfe, "seed": seed, "true_cfg_scale": pipe.check_guidance_scale(None),
+              "steps": results[0].stats.nfe, "seed": seed, "noise": "runtime",
+              "true_cfg_scale": pipe.check_guidance_scale(None),
               **attribute_report(classify(clf, images), scenes),
               "seconds_per_image": seconds / len(scenes),
               "seconds_denoise_per_image": float(np.mean([r.stats.seconds_denoise for r in results]))}
@@ -110,10 +118,12 @@ def report(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.bundle is not None and args.noise == "diffusers":
+        raise UserError("--noise diffusers needs --model: a bundle samples with the runtime's noise only.")
     if args.bundle is not None:
         result = evaluate_bundle(args.bundle, args.mode, args.steps, args.seed, args.limit, args.threads, args.grid)
     else:
-        result = evaluate(args.model, args.steps, args.seed, args.limit, args.grid)
+        result = evaluate(args.model, args.steps, args.seed, args.limit, args.grid, args.noise or "diffusers")
     if args.json:
         print(json.dumps(result))
     else:
