@@ -65,3 +65,24 @@ def test_the_two_object_share_is_a_training_lever():
     # The default share is the stream every earlier round was trained on.
     assert counts[TWO_OBJECT_FRACTION] == [len(training_sample(5, i, size=16)[2].objects) for i in range(40)]
     assert set(counts[TWO_OBJECT_FRACTION]) == {1, 2}
+
+
+def test_shape_weights_are_a_training_lever():
+    from collections import Counter
+
+    import pytest
+
+    from ralu_export.shapes_world.world import SHAPE_WEIGHTS, shape_probabilities
+
+    assert shape_probabilities(SHAPE_WEIGHTS) is None  # the default draws as every earlier round drew
+    assert [training_sample(5, i, size=16, shape_weights=SHAPE_WEIGHTS)[1] for i in range(20)] == \
+        [training_sample(5, i, size=16)[1] for i in range(20)]
+    p = shape_probabilities("circle:2, hexagon:2")
+    assert p[0] == p[-1] == 0.25 and abs(sum(p) - 1.0) < 1e-12 and p[1] == 0.125
+    drawn = Counter(o.shape for i in range(400)
+                    for o in training_sample(7, i, size=16, shape_weights="circle:3,hexagon:3")[2].objects)
+    others = sum(drawn[s] for s in ("square", "triangle", "star", "diamond")) / 4
+    assert drawn["circle"] > 2 * others and drawn["hexagon"] > 2 * others  # 3x expected
+    for bad in ("circle", "circle:0", "ellipse:2", "circle:nan", "circle:-1"):
+        with pytest.raises(ValueError, match="is not SHAPE:WEIGHT"):
+            shape_probabilities(bad)

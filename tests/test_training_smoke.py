@@ -66,6 +66,7 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
                            "--backgrounds", "plain", "--caption-dropout", "0.5", "--resolutions", "64:1",
                            "--eval-every", "1", "--eval-steps", "1", "--eval-guidance", "2",
                            "--max-rotation", "0", "--position-jitter", "0", "--two-object-fraction", "0.6",
+                           "--shape-weights", "circle:2,hexagon:2",
                            "--init-weights", str(shipped)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "weights" / "training_report.json").read_text())
@@ -82,3 +83,4 @@ def test_a_round_with_the_issue_12_levers_records_its_learning_curve(tmp_path):
 
     key = torch.load(tmp_path / "w" / "latents.pt")["key"]  # a cache of other renders is not reused
     assert key["max_rotation"] == 0.0 and key["position_jitter"] == 0.0 and key["two_object_fraction"] == 0.6
+    assert key["shape_weights"] == report["train_config"]["shape_weights"] == "circle:2,hexagon:2"

@@ -43,6 +43,9 @@ SIZES = {"small": 0.12, "large": 0.2}  # circumradius as a fraction of the image
 MAX_ROTATION = 12.0
 POSITION_JITTER = 0.03
 TWO_OBJECT_FRACTION = 0.35  # share of two-object scenes in the training stream (held-out pairs are large-large)
+# Relative frequencies of the shapes in the training stream, e.g. "circle:2,hexagon:2" (issue 12's round 8: the
+# two shapes the model confuses most). "" = every shape equally often, drawn as every earlier round drew them.
+SHAPE_WEIGHTS = ""
 BACKGROUNDS = ("plain-light", "plain-dark", "stripes", "checker", "dots", "noise")
 PLAIN_BACKGROUNDS = ("plain-light", "plain-dark")
 _BACKGROUND_WORDS = {
@@ -156,23 +159,51 @@ def heldout_scenes() -> list[Scene]:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
+def shape_probabilities(weights: str) -> tuple[float, ...] | None:
+    """"circle:2,hexagon:2" -> each shape's probability in SHAPES order (unnamed shapes weigh 1); "" -> None
+    (uniform, the stream of every earlier round). ValueError with the fix for anything else."""
+    if not weights.strip():
+        return None
+    fix = f"write SHAPE:WEIGHT[,SHAPE:WEIGHT...] with shapes from {', '.join(SHAPES)} and positive weights"
+    w = dict.fromkeys(SHAPES, 1.0)
+    for item in weights.split(","):
+        name, sep, value = item.strip().partition(":")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or name not in w or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"{weights!r}: {item.strip()!r} is not SHAPE:WEIGHT; {fix}")
+        w[name] = weight
+    total = sum(w.values())
+    return tuple(w[s] / total for s in SHAPES)
+
+
+def _draw_shape(rng: np.random.Generator, shape_p: tuple[float, ...] | None) -> str:
+    if shape_p is None:
+        return SHAPES[int(rng.integers(len(SHAPES)))]
+    return SHAPES[int(rng.choice(len(SHAPES), p=shape_p))]
+
+
 def sample_scene(rng: np.random.Generator, two_object_fraction: float = TWO_OBJECT_FRACTION,
-                 backgrounds: tuple[str, ...] = BACKGROUNDS) -> Scene:
-    """One random training scene (never a held-out combination) on one of `backgrounds`."""
+                 backgrounds: tuple[str, ...] = BACKGROUNDS, shape_weights: str = SHAPE_WEIGHTS) -> Scene:
+    """One random training scene (never a held-out combination) on one of `backgrounds`, its shapes drawn with
+    `shape_weights` (shape_probabilities)."""
     colours = list(COLOURS)
     sizes = list(SIZES)
+    shape_p = shape_probabilities(shape_weights)
     while True:
         if rng.random() < two_object_fraction:
             pa, pb = PAIRS[int(rng.integers(len(PAIRS)))]
             if rng.random() < 0.5:
                 pa, pb = pb, pa
             objs = tuple(
-                SceneObject(SHAPES[int(rng.integers(len(SHAPES)))], colours[int(rng.integers(len(colours)))],
+                SceneObject(_draw_shape(rng, shape_p), colours[int(rng.integers(len(colours)))],
                             p, sizes[int(rng.integers(len(sizes)))])
                 for p in (pa, pb))
             template = int(rng.integers(len(_PAIR_TEMPLATES)))
         else:
-            objs = (SceneObject(SHAPES[int(rng.integers(len(SHAPES)))], colours[int(rng.integers(len(colours)))],
+            objs = (SceneObject(_draw_shape(rng, shape_p), colours[int(rng.integers(len(colours)))],
                                 list(POSITIONS)[int(rng.integers(len(POSITIONS)))],
                                 sizes[int(rng.integers(len(sizes)))]),)
             template = int(rng.integers(len(_SINGLE_TEMPLATES)))
@@ -185,14 +216,15 @@ def sample_scene(rng: np.random.Generator, two_object_fraction: float = TWO_OBJE
 def training_sample(seed: int, index: int, size: int = 128,
                     backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
                     position_jitter: float = POSITION_JITTER,
-                    two_object_fraction: float = TWO_OBJECT_FRACTION) -> tuple[np.ndarray, str, Scene]:
+                    two_object_fraction: float = TWO_OBJECT_FRACTION,
+                    shape_weights: str = SHAPE_WEIGHTS) -> tuple[np.ndarray, str, Scene]:
     """Sample `index` of the training stream for `seed`: (image [size, size, 3] uint8, caption, scene).
 
     Each object is turned by up to ±`max_rotation` degrees and its centre moved by up to ±`position_jitter`
     of the side; the scene and caption do not depend on either. A share `two_object_fraction` of the scenes
-    hold two objects."""
+    hold two objects; shapes are drawn with `shape_weights` (shape_probabilities)."""
     rng = rng_for(seed, "shapes_world/sample", index)
-    scene = sample_scene(rng, two_object_fraction, backgrounds)
+    scene = sample_scene(rng, two_object_fraction, backgrounds, shape_weights)
     jitter = rng.uniform(-position_jitter, position_jitter, size=(len(scene.objects), 2))
     angle = rng.uniform(-max_rotation, max_rotation, size=len(scene.objects))
     image = render(scene, size, jitter=jitter, angles_deg=angle, texture_seed=int(rng.integers(2**31)))
@@ -295,11 +327,13 @@ def render(scene: Scene, size: int = 128, *, jitter: np.ndarray | None = None,
 def render_batch(seed: int, start: int, count: int, size: int = 128,
                  backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
                  position_jitter: float = POSITION_JITTER,
-                 two_object_fraction: float = TWO_OBJECT_FRACTION) -> tuple[np.ndarray, list[str], list[Scene]]:
+                 two_object_fraction: float = TWO_OBJECT_FRACTION,
+                 shape_weights: str = SHAPE_WEIGHTS) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Training samples start..start+count-1: (images [count, size, size, 3] uint8, captions, scenes)."""
     images, captions, scenes = [], [], []
     for i in range(start, start + count):
-        im, cap, sc = training_sample(seed, i, size, backgrounds, max_rotation, position_jitter, two_object_fraction)
+        im, cap, sc = training_sample(seed, i, size, backgrounds, max_rotation, position_jitter, two_object_fraction,
+                                      shape_weights)
         images.append(im)
         captions.append(cap)
         scenes.append(sc)

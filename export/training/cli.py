@@ -69,6 +69,7 @@ def train_or_assemble(args: argparse.Namespace) -> None:
     import torch
 
     from ralu_export import shapes_model as sm
+    from ralu_export.shapes_world.world import shape_probabilities
     from ralu_export.training import run
     from ralu_export.training.train import TrainConfig
 
@@ -81,6 +82,10 @@ def train_or_assemble(args: argparse.Namespace) -> None:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         run.training_backgrounds(args.backgrounds)  # refuse a bad name before any folder is written
+        try:
+            shape_probabilities(args.shape_weights)
+        except ValueError as e:
+            raise UserError(f"--shape-weights {e}.") from None
         overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                      if getattr(args, f.name, None) is not None}
         report = run.train_all(TrainConfig(**overrides), sm.ShapesModelConfig(), args.work, args.weights_out,

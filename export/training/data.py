@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ralu_export.shapes_world import BACKGROUNDS, Scene, render_batch
-from ralu_export.shapes_world.world import MAX_ROTATION, POSITION_JITTER, TWO_OBJECT_FRACTION, render, sample_scene
+from ralu_export.shapes_world.world import (MAX_ROTATION, POSITION_JITTER, SHAPE_WEIGHTS, TWO_OBJECT_FRACTION, render,
+                                            sample_scene)
 from ralu_edge.rng import rng_for
 
 
@@ -31,21 +32,22 @@ def _parallel_map(fn, jobs: list, workers: int) -> list:
         return list(pool.map(fn, jobs))
 
 
-def _chunk(args: tuple[int, int, int, int, tuple[str, ...], float, float, float]):
+def _chunk(args: tuple[int, int, int, int, tuple[str, ...], float, float, float, str]):
     return render_batch(*args)
 
 
 def render_training_set(seed: int, count: int, size: int = 128, workers: int | None = None,
                         backgrounds: tuple[str, ...] = BACKGROUNDS, max_rotation: float = MAX_ROTATION,
                         position_jitter: float = POSITION_JITTER,
-                        two_object_fraction: float = TWO_OBJECT_FRACTION) -> RenderedSet:
+                        two_object_fraction: float = TWO_OBJECT_FRACTION,
+                        shape_weights: str = SHAPE_WEIGHTS) -> RenderedSet:
     """Training samples 0..count-1 for `seed` on `backgrounds` (objects turned by up to ±`max_rotation`
-    degrees, moved by up to ±`position_jitter`, a share `two_object_fraction` of scenes with two objects),
-    rendered on `workers` processes (default: all cores)."""
+    degrees, moved by up to ±`position_jitter`, a share `two_object_fraction` of scenes with two objects, shapes
+    drawn with `shape_weights`), rendered on `workers` processes (default: all cores)."""
     workers = workers or os.cpu_count() or 1
     step = max(1, min(2000, count // workers + 1))
-    jobs = [(seed, s, min(step, count - s), size, backgrounds, max_rotation, position_jitter, two_object_fraction)
-            for s in range(0, count, step)]
+    jobs = [(seed, s, min(step, count - s), size, backgrounds, max_rotation, position_jitter, two_object_fraction,
+             shape_weights) for s in range(0, count, step)]
     images, captions, scenes = [], [], []
     for im, cap, sc in _parallel_map(_chunk, jobs, workers):
         images.append(im)

@@ -71,6 +71,8 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
                 "backgrounds": cfg.backgrounds, "resolutions": sorted(cfg.resolutions), "vae": str(init_weights),
                 "max_rotation": cfg.max_rotation, "position_jitter": cfg.position_jitter,
                 "two_object_fraction": cfg.two_object_fraction}
+    if cfg.shape_weights:  # only a weighted stream adds the key, so earlier rounds' caches stay valid
+        data_key["shape_weights"] = cfg.shape_weights
     cache = work / "latents.pt"
     cached = None
     if init_weights is not None and cache.is_file():
@@ -80,7 +82,7 @@ def train_all(cfg: TrainConfig, model_cfg: sm.ShapesModelConfig, work: Path, wei
         data = render_training_set(cfg.seed, cfg.num_images, model_cfg.image_size, workers=cfg.workers or None,
                                    backgrounds=training_backgrounds(cfg.backgrounds),
                                    max_rotation=cfg.max_rotation, position_jitter=cfg.position_jitter,
-                                   two_object_fraction=cfg.two_object_fraction)
+                                   two_object_fraction=cfg.two_object_fraction, shape_weights=cfg.shape_weights)
     report: dict = {"train_config": cfg.to_dict(), "model_config": model_cfg.to_dict(), "device": str(device),
                     "torch": torch.__version__, "render_seconds": time.monotonic() - started}
     comps = _fresh_components(model_cfg, tokenizer_root, cfg.seed)

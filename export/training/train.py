@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ralu_export import shapes_model as sm
 from ralu_export.eval.classifier import AttributeClassifier, images_to_tensor, scene_labels
-from ralu_export.shapes_world.world import MAX_ROTATION, POSITION_JITTER, TWO_OBJECT_FRACTION
+from ralu_export.shapes_world.world import MAX_ROTATION, POSITION_JITTER, SHAPE_WEIGHTS, TWO_OBJECT_FRACTION
 from ralu_export.training.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from ralu_export.training.data import render_classifier_set, render_training_set, tokenize_captions
 
@@ -49,6 +49,7 @@ class TrainConfig:
     max_rotation: float = MAX_ROTATION  # training renders turn each object by up to this many degrees
     position_jitter: float = POSITION_JITTER  # ... and move its centre by up to this fraction of the side
     two_object_fraction: float = TWO_OBJECT_FRACTION  # share of two-object training scenes
+    shape_weights: str = SHAPE_WEIGHTS  # relative shape frequencies, e.g. "circle:2,hexagon:2" ("" = uniform)
     eval_every: int = 0  # steps between learning-curve points (held-out prompts, sampled and classified)
     eval_steps: int = 20  # Euler steps of those samples
     eval_guidance: float = 0.0  # also score them with true CFG at this scale (0 = only without)
