@@ -46,6 +46,10 @@ def test_attribute_report_counts_an_object_right_only_when_shape_and_colour_matc
     report = attribute_report(Predictions(shapes, colours, np.ones((2, 4))), [scene, scene])
     assert report["attribute_accuracy"] == 0.5 and report["shape_accuracy"] == 1.0
     assert report["n_prompts"] == 2 and report["attribute_accuracy_pair"] is None
+    assert report["shape_confusion"] == {"star": {"star": 2}}
+    shapes[1, j] = SHAPES.index("diamond") + 1
+    assert attribute_report(Predictions(shapes, colours, np.ones((2, 4))), [scene, scene])["shape_confusion"] == \
+        {"star": {"star": 1, "diamond": 1}}
 
 
 def test_classifier_features_are_closer_for_the_same_concept():

@@ -71,7 +71,21 @@ def attribute_report(pred: Predictions, scenes: list[Scene]) -> dict:
         "shape_accuracy": float(np.mean([c["shape"] for c in checks])),
         "colour_accuracy": float(np.mean([c["colour"] for c in checks])),
         "position_accuracy": float(np.mean([c["position"] for c in checks])),
+        "shape_confusion": shape_confusion(pred, scenes),
     }
+
+
+def shape_confusion(pred: Predictions, scenes: list[Scene]) -> dict[str, dict[str, int]]:
+    """For every prompted object: what the classifier read at its position, counted per prompted shape
+    ({"circle": {"circle": 8, "hexagon": 9}, ...}; "none" = no object there): which shapes a model confuses."""
+    names = ("none", *SHAPES)
+    out: dict[str, dict[str, int]] = {}
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            read = names[int(pred.shapes[i, SLOTS.index(o.position)])]
+            row = out.setdefault(o.shape, {})
+            row[read] = row.get(read, 0) + 1
+    return out
 
 
 def concept_similarity(features: np.ndarray, reference_features: np.ndarray) -> float:
