@@ -10,6 +10,7 @@ training (`is_heldout`), so the evaluation prompts are unseen compositions, not 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -159,6 +160,7 @@ def heldout_scenes() -> list[Scene]:
 
 # ---------------------------------------------------------------------------------------------- sampling
 
+@functools.lru_cache(maxsize=8)  # sample_scene asks once per training sample
 def shape_probabilities(weights: str) -> tuple[float, ...] | None:
     """"circle:2,hexagon:2" -> each shape's probability in SHAPES order (unnamed shapes weigh 1); "" -> None
     (uniform, the stream of every earlier round). ValueError with the fix for anything else."""
