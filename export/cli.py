@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(docs/precision.md), text encoders int8. Text encoders are int8 on "
                              f"{'/'.join(t for t, roles in INT8_BY_DEFAULT.items() if 'text_encoder' in roles)} "
                              "either way")
+    parser.add_argument("--attention", choices=("fused", "unfused"), default=None,
+                        help="fused: the denoiser's attentions become ONNX Runtime's MultiHeadAttention (flash "
+                             "attention on the CPU: no tokens x tokens score matrix; docs/precision.md); unfused: the "
+                             "ops as torch exports them, for a runtime without contrib operators (default: fused "
+                             "for desktop, unfused elsewhere)")
     parser.add_argument("--height", type=int, default=None,
                         help="image height in pixels; a multiple of 4 x the VAE factor (default: the model's "
                              "native size, 128 for shapes)")
@@ -134,7 +139,8 @@ def export(args: argparse.Namespace) -> int:
 
     presets = None if args.presets is None else tuple(p.strip() for p in args.presets.split(",") if p.strip())
     config = ExportConfig(model=args.model, target=args.target, out=args.out, precision=args.precision,
-                          height=args.height, width=args.width, presets=presets, force=args.force)
+                          height=args.height, width=args.width, presets=presets, force=args.force,
+                          attention=args.attention)
     started = time.perf_counter()
     try:
         out = build_bundle(config)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ralu_edge.manifest import GraphEntry
 from ralu_edge.rng import rng_for
 from ralu_export import examples, onnx_export, onnx_files
+from ralu_export.attention_fusion import fuse_attention
 from ralu_export.families.spec import GraphSpec, boundary_module, present, tensor_specs
 from ralu_export.int8_policy import precision_label
 from ralu_export.parity import Run, check_parity, parity_rule
@@ -75,6 +76,9 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     example = examples.example_inputs(spec, plan.geometry, examples.trace_case(plan.geometry), rng, token_ids)
     proto = onnx_export.export_graph(spec, plan.family, module, example, plan.geometry.sizes(),
                                      optional_defaults=plan.target.placeholder_defaults)
+    if plan.fused_attention and spec.role == "denoiser":  # before quantizing: every precision gets it
+        proto, fused = fuse_attention(proto)
+        log.info("%s: %d attentions fused into MultiHeadAttention", spec.name, fused)
     method = plan.int8_method(spec)
     float_proto = proto
     if method is not None:

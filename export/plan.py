@@ -34,6 +34,7 @@ class ExportConfig:
     width: int | None = None
     presets: tuple[str, ...] | None = None
     force: bool = False
+    attention: str | None = None  # "fused" | "unfused"; None: the target's choice (TargetSpec.fused_attention)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class Plan:
     geometry: Geometry
     presets: tuple[ralu_presets.RaluPreset, ...]
     sampling: RecordedSampling = RecordedSampling()
+
+    @property
+    def fused_attention(self) -> bool:
+        """Whether the denoiser's attentions become MultiHeadAttention (attention_fusion)."""
+        if self.config.attention is None:
+            return self.target.fused_attention
+        return self.config.attention == "fused"
 
     @property
     def pipeline_class(self) -> str:
@@ -90,6 +98,11 @@ def plan_export(config: ExportConfig) -> Plan:
     if config.precision == "int4" and target.name not in INT4_METHODS:
         raise UserError(f"precision int4 (ONNX Runtime's MatMulNBits) is for the {' and '.join(INT4_METHODS)} "
                         f"targets; export the {target.name} bundle with --precision int8 or fp32.")
+    if config.attention not in (None, "fused", "unfused"):
+        raise UserError(f"unknown attention {config.attention!r}; choose fused or unfused.")
+    if config.attention == "fused" and not target.fused_attention:
+        raise UserError(f"--attention fused (ONNX Runtime's MultiHeadAttention) is for the desktop target; the "
+                        f"{target.name} bundle keeps the attention ops as exported.")
     check_out(Path(config.out), config.force)
     source = resolve_model(config.model)
     sampling = recorded_sampling(source)

@@ -28,6 +28,8 @@ def _refused(capsys, tmp_path, *args: str) -> str:
     (["--model", "shapes", "--target", "android", "--presets", "flux-4x,flux-9x"], "unknown RALU preset 'flux-9x'"),
     (["--model", "shapes", "--target", "tv"], "invalid choice: 'tv'"),
     (["--model", "shapes", "--target", "desktop", "--precision", "int2"], "invalid choice: 'int2'"),
+    (["--model", "shapes", "--target", "android", "--attention", "fused"], "--attention fused (ONNX Runtime's "
+                                                                            "MultiHeadAttention) is for the desktop"),
 ])
 def test_bad_requests_exit_2_with_one_sentence_and_write_nothing(capsys, tmp_path, args, words):
     line = _refused(capsys, tmp_path, *args, "--out", str(tmp_path / "bundle"))

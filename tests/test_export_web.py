@@ -50,6 +50,9 @@ def test_learned_token_inputs_are_plain_required_inputs(web_bundle):
 
 
 def test_the_web_bundle_makes_the_desktop_bundles_images(web_bundle, desktop_bundle):
+    """Same weights and graphs but for the attention: the desktop denoiser runs ORT's fused MultiHeadAttention
+    (export/attention_fusion.py), the web one the exported MatMul/Softmax/MatMul, whose sums round differently;
+    after decoding, at most a handful of pixel values move by one level."""
     from ralu_runtime.pipeline import Pipeline
 
     web, desktop = Pipeline.from_bundle(web_bundle, threads=1), Pipeline.from_bundle(desktop_bundle, threads=1)
@@ -57,7 +60,8 @@ def test_the_web_bundle_makes_the_desktop_bundles_images(web_bundle, desktop_bun
     for mode in ("baseline", "ralu-7x"):
         a = web("a small blue star at the top", mode=mode, steps=4, seed=2).image
         b = desktop("a small blue star at the top", mode=mode, steps=4, seed=2).image
-        assert np.array_equal(a, b), mode
+        moved = np.abs(a.astype(np.int16) - b)
+        assert moved.max() <= 1 and (moved > 0).mean() < 1e-3, (mode, moved.max(), (moved > 0).mean())
 
 
 def test_personalizing_on_a_web_bundle_says_where_to_personalize(web_bundle, tmp_path):

@@ -65,7 +65,10 @@ class TargetSpec:
     most weight bytes all the bundle's graphs may hold together (checked before export), None for no limit;
     generation_kernels: the runtime opens the graphs as they are written, so generation sessions may take the
     faster kernels personalization cannot use (int8 activations: quantize.GENERATION_SESSION_CONFIG and
-    GENERATION_NBITS) — not where a conversion fixes the kernels (.ort) or where they are unmeasured (web)."""
+    GENERATION_NBITS) — not where a conversion fixes the kernels (.ort) or where they are unmeasured (web);
+    fused_attention: the denoiser's attentions become ONNX Runtime's MultiHeadAttention (attention_fusion:
+    flash attention on the CPU EP) — not yet where a build may lack contrib operators or their kernels are
+    unmeasured (android's reduced builds, onnxruntime-web)."""
 
     name: str
     graph_format: Literal["onnx", "ort", "pte", "mlpackage"]
@@ -76,10 +79,12 @@ class TargetSpec:
     weights_file: str = "model.onnx_data"
     max_weight_bytes: Optional[int] = None
     generation_kernels: bool = False
+    fused_attention: bool = False
 
 
 TARGET_SPECS: dict[str, TargetSpec] = {
-    "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE, generation_kernels=True),
+    "desktop": TargetSpec("desktop", "onnx", "dynamic", DYNAMIC_NOTE, generation_kernels=True,
+                          fused_attention=True),
     "android": TargetSpec("android", "ort", "dynamic", DYNAMIC_NOTE),
     "executorch": TargetSpec("executorch", "pte", "static", STATIC_NOTE, placeholder_slots=4),
     "ios": TargetSpec("ios", "mlpackage", "static", STATIC_NOTE, placeholder_slots=4),
