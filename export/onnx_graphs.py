@@ -25,7 +25,8 @@ from ralu_export.families.spec import GraphSpec, boundary_module, present, tenso
 from ralu_export.int8_policy import precision_label
 from ralu_export.parity import Run, check_parity, parity_rule
 from ralu_export.plan import Plan
-from ralu_export.quantize import GENERATION_NBITS, GENERATION_SESSION_CONFIG, SESSION_CONFIG, quantize, quantize_nbits
+from ralu_export.quantize import (GENERATION_NBITS, GENERATION_SESSION_CONFIG, NBITS, SESSION_CONFIG, quantize,
+                                  quantize_nbits)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,10 @@ def _export(plan: Plan, spec: GraphSpec, pipe, token_ids: dict[str, np.ndarray])
     if plan.target.generation_kernels and spec.role == "denoiser":  # the text encoders run once per image
         graph.generation_session_config = GENERATION_SESSION_CONFIG.get(method, {})
         if method in GENERATION_NBITS:
-            graph.generation_proto = quantize_nbits(float_proto, GENERATION_NBITS[method])
+            generation = quantize_nbits(float_proto, GENERATION_NBITS[method])
+            levels = {n.attributes["accuracy_level"].as_int() for n in generation.graph if n.op_type == "MatMulNBits"}
+            if levels != {NBITS[method].accuracy_level}:  # else no weight is wide enough for int8 activations
+                graph.generation_proto = generation
     log.info("exported %s (%s) in %.1f s", spec.name, graph.precision, time.perf_counter() - started)
     return graph
 

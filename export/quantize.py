@@ -187,40 +187,58 @@ def _ort_quantize(model: onnx.ModelProto, method: QuantMethod,
 @dataclass(frozen=True)
 class NBitsConfig:
     """Block-wise weight quantization into com.microsoft MatMulNBits (ORT's kernel for 4/8-bit weights, the one
-    its LLM stack uses): `bits` per weight, one float scale per `block_size` rows of K (symmetric: no zero
-    points), and the kernel's `accuracy_level` (0/1 float compute; 4: activations quantized to int8 per block
-    at run time, int8 dot products)."""
+    its LLM stack uses): `bits` per weight, one float scale per block of at most `block_size` rows of K
+    (symmetric: no zero points), and the kernel's `accuracy_level` (0/1 float compute; 4: activations quantized
+    to int8 per block at run time, int8 dot products), which nodes whose K is under `int8_compute_min_k` do not
+    take (they keep level 1)."""
 
     bits: int
     block_size: int
     accuracy_level: int
     symmetric: bool = True
+    int8_compute_min_k: int = 0
+
+    def block_for(self, k: int) -> int:
+        """The block of a weight with `k` rows: the largest power of two up to block_size that divides k (at
+        least 16, MatMulNBits' smallest), so no block is padded; block_size where none divides."""
+        block = self.block_size
+        while block > 16 and k % block:
+            block //= 2
+        return block if k % block == 0 else self.block_size
+
+    def level_for(self, k: int) -> int:
+        return self.accuracy_level if k >= self.int8_compute_min_k else 1
 
 
-# The graph file's kernel (`file`, what personalization and android open): accuracy level 1, because level 4
-# (int8 activations) flattens zeroth-order finite differences to noise (direction cosine ~0.00 vs 0.96 at level 1
-# on the built-in model's denoiser); block 32 is the most exact of the kernel's common blocks. MatMulNBits
-# carries its level in the graph, so generation gets a second graph file over the same weights with the level-4
-# kernel (GraphEntry.generation_file): at FLUX.1's width 0.72x fp32's step at 1024 tokens where level 1 takes
-# 1.12x, same output agreement (benchmarks/results/real_width.json, docs/precision.md).
-NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 1), "nbits8": NBitsConfig(8, 32, 1)}
-GENERATION_NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 32, 4)}
+# Measured per weight shape on two CPUs (benchmarks/bench_nbits_kernel.py, nbits_kernel.{json,md}; docs/precision.md):
+# - block 128 (ORT's own quantizer default): at FLUX.1's width level 4 runs 0.67-0.75x fp32's MatMul at block 128
+#   against 0.98-1.15x at block 32 (fewer per-block scales and activation quantizations; 256 is 0.60-0.66x but
+#   coarser); output cosine to fp32 0.9947 vs 0.9963 on N(0, 1/K) weights.
+# - The graph file's kernel (`file`, what personalization and android open) is level 1: level 4 (int8
+#   activations) flattens zeroth-order finite differences to noise (direction cosine ~0.00 vs 0.96 at level 1 on
+#   the built-in model's denoiser). Generation gets a second graph file over the same weights with level 4
+#   (GraphEntry.generation_file), but only where K >= 2048: below that, level 4 is slower than level 1 (and than
+#   fp32), 1.01-1.9x fp32 at the built-in and 1024-token models' widths where level 1 is 0.94-1.08x.
+NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 128, 1), "nbits8": NBitsConfig(8, 32, 1)}
+GENERATION_NBITS: dict[str, NBitsConfig] = {"nbits4": NBitsConfig(4, 128, 4, int8_compute_min_k=2048)}
 
 
 def _nbits_pack(weight: np.ndarray, cfg: NBitsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ORT's own packing (the C++ kernel MatMulNBitsQuantizer calls) of a [K, N] float weight: packed
-    [N, K_blocks, blob] uint8, scales [N, K_blocks] float32, zero points [N, ceil(K_blocks / (8 / bits))] uint8."""
+    """ORT's own packing (the C++ kernel MatMulNBitsQuantizer calls) of a [K, N] float weight in blocks of
+    cfg.block_for(K): packed [N, K_blocks, blob] uint8, scales [N, K_blocks] float32, zero points
+    [N, ceil(K_blocks / (8 / bits))] uint8."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     rows, cols = weight.shape
     pack = 8 // cfg.bits
-    blocks = (rows + cfg.block_size - 1) // cfg.block_size
-    weight = np.pad(np.ascontiguousarray(weight, dtype=np.float32), ((0, blocks * cfg.block_size - rows), (0, 0)))
-    packed = np.zeros((cols, blocks, (cfg.block_size + pack - 1) // pack), dtype=np.uint8)
+    block = cfg.block_for(rows)
+    blocks = (rows + block - 1) // block
+    weight = np.pad(np.ascontiguousarray(weight, dtype=np.float32), ((0, blocks * block - rows), (0, 0)))
+    packed = np.zeros((cols, blocks, (block + pack - 1) // pack), dtype=np.uint8)
     zero_points = np.zeros((cols, (blocks + pack - 1) // pack), dtype=np.uint8)
     scales = np.zeros((cols, blocks), dtype=np.float32)
     kernel = quantize_matmul_4bits if cfg.bits == 4 else quantize_matmul_8bits
-    kernel(packed, weight, scales, zero_points, cfg.block_size, cols, rows, cfg.symmetric)
+    kernel(packed, weight, scales, zero_points, block, cols, rows, cfg.symmetric)
     return packed, scales, zero_points
 
 
@@ -243,7 +261,8 @@ def _quantize_nbits_ir(model: ir.Model, cfg: NBitsConfig) -> ir.Model:
         weight = node.inputs[1]
         source = weight.const_value
         rows, cols = (source.shape[1], source.shape[0]) if trans_b else tuple(source.shape)
-        blocks = (rows + cfg.block_size - 1) // cfg.block_size
+        block = cfg.block_for(rows)
+        blocks = (rows + block - 1) // block
 
         def packed_part(index, source=source, trans_b=trans_b, name=weight.name):
             def compute():
@@ -251,7 +270,7 @@ def _quantize_nbits_ir(model: ir.Model, cfg: NBitsConfig) -> ir.Model:
                 return ir.tensor(_nbits_pack(w.T if trans_b else w, cfg)[index], name=f"{name}_nbits{index}")
             return compute
 
-        shapes = ((cols, blocks, (cfg.block_size * cfg.bits + 7) // 8), (cols, blocks))
+        shapes = ((cols, blocks, (block * cfg.bits + 7) // 8), (cols, blocks))
         dtypes = (ir.DataType.UINT8, ir.DataType.FLOAT)
         parts = []
         for index, (shape, dtype) in enumerate(zip(shapes, dtypes)):
@@ -262,8 +281,8 @@ def _quantize_nbits_ir(model: ir.Model, cfg: NBitsConfig) -> ir.Model:
             parts.append(value)
         out = node.outputs[0]
         matmul = ir.node("MatMulNBits", [node.inputs[0], *parts], domain="com.microsoft",
-                         attributes={"K": rows, "N": cols, "bits": cfg.bits, "block_size": cfg.block_size,
-                                     "accuracy_level": cfg.accuracy_level},
+                         attributes={"K": rows, "N": cols, "bits": cfg.bits, "block_size": block,
+                                     "accuracy_level": cfg.level_for(rows)},
                          name=f"{node.name}_nbits", outputs=[ir.Value(name=f"{out.name}_nbits")])
         new_nodes = [matmul]
         result = matmul.outputs[0]
