@@ -78,6 +78,9 @@ METHODS = {"int8": "weight_qdq", "int4": "nbits4"}
 # "personalize": the manifest's session_config alone, MatMulNBits level 1, float activations); the PRECISIONS
 # rows are timed as generation opens them (session_config + generation_session_config: int8 at level 4).
 ZO_RUNS = {"int8-personalize": "int8", "int4-personalize": "int4"}
+# The fp32 denoiser exported with `--attention unfused` (torch's MatMul/Softmax/MatMul attention instead of
+# MultiHeadAttention's flash kernel): what every bundle ran before the fusion, timed beside the fused fp32 graph.
+UNFUSED = "fp32-unfused"
 
 
 def quantized_path(work: Path, precision: str) -> Path:
@@ -85,6 +88,8 @@ def quantized_path(work: Path, precision: str) -> Path:
 
 
 def graph_path(work: Path, precision: str) -> Path:
+    if precision == UNFUSED:
+        return work / f"bundle-{UNFUSED}" / "transformer" / "denoiser.onnx"
     precision = ZO_RUNS.get(precision, precision)
     return work / "bundle-fp32" / "transformer" / "denoiser.onnx" if precision == "fp32" else \
         quantized_path(work, precision)
@@ -94,7 +99,9 @@ def child_export(args) -> dict:
     from ralu_export import cli
 
     started = time.perf_counter()
-    code = cli.main(["--model", str(args.model), "--target", "desktop", "--precision", args.precision,
+    unfused = args.precision == UNFUSED
+    code = cli.main(["--model", str(args.model), "--target", "desktop", "--precision", "fp32" if unfused else
+                     args.precision, "--attention", "unfused" if unfused else "fused",
                      "--height", str(args.size), "--width", str(args.size), "--presets", "flux-4x",
                      "--out", str(args.bundle), "--force"])
     if code:
@@ -160,7 +167,7 @@ def tensor_bytes(tensor) -> int:
 
 def child_step(args) -> dict:
     """The denoiser session alone at each token count: open time, peak RSS, per-call seconds."""
-    args.bundle = args.work / "bundle-fp32"
+    args.bundle = args.work / f"bundle-{UNFUSED if args.precision == UNFUSED else 'fp32'}"
     path = graph_path(args.work, args.precision)
     if args.precision not in ZO_RUNS:
         path = generation_graph(path, METHODS.get(args.precision, ""))
@@ -169,7 +176,8 @@ def child_step(args) -> dict:
 
 def generation_graph(path: Path, method: str) -> Path:
     """The graph generation sessions open: for a method with a generation variant (quantize.GENERATION_NBITS:
-    int4 at MatMulNBits accuracy level 4, GraphEntry.generation_file) the quantized graph with that level,
+    int4 at MatMulNBits accuracy level 4 where K >= its int8_compute_min_k, GraphEntry.generation_file) the
+    quantized graph with those levels,
     saved beside it over the same external weights (the packed weights do not depend on the level)."""
     import onnx
 
@@ -180,9 +188,10 @@ def generation_graph(path: Path, method: str) -> Path:
     model = onnx.load(str(path), load_external_data=False)
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
+            k = next(a.i for a in node.attribute if a.name == "K")
             for attr in node.attribute:
                 if attr.name == "accuracy_level":
-                    attr.i = GENERATION_NBITS[method].accuracy_level
+                    attr.i = GENERATION_NBITS[method].level_for(k)
     out = path.with_name(f"{path.stem}_generation{path.suffix}")
     onnx.save(model, str(out))
     return out
@@ -246,7 +255,9 @@ def _time_graph(args, path: Path | None) -> dict:
     return out
 
 
-SWEEP = ((4, 32, 4),)  # level 4 beside the bundle's level 1 (4, 32, 1): the speed ZO safety costs
+# Level 4 beside the bundle's level 1 (4, 32, 1): the speed ZO safety costs; larger blocks at level 4: fewer
+# per-block scales and activation quantizations for the same kernel (the block size of quantize.NBITS).
+SWEEP = ((4, 32, 4), (4, 64, 4), (4, 128, 4))
 
 
 def child_sweep(args) -> dict:
@@ -346,6 +357,13 @@ def table(doc: dict) -> str:
         lines.append(f"{precision} graph in personalization sessions ({run}, {s['session_config']}): "
                      + ", ".join(f"{t} tok {c['median_ms']:.0f} ms" for t, c in s["calls"].items())
                      + f", run RSS {s['peak_rss_mb']:.0f} MB")
+    if UNFUSED in doc["step"]:
+        e, s = doc["export"][UNFUSED], doc["step"][UNFUSED]
+        lines.append(f"{'fp32, unfused attention':24s} export {e['seconds']:.0f} s, open RSS "
+                     f"{s['peak_rss_mb_after_open']:.0f} MB, "
+                     + ", ".join(f"{t} tok {c['median_ms']:.0f} ms (RSS {c['peak_rss_mb']:.0f} MB)"
+                                 for t, c in s["calls"].items())
+                     + f", run RSS {s['peak_rss_mb']:.0f} MB")
     lines.append(f"stable-diffusion.cpp FLUX.1-dev (published): q8_0 {SD_CPP_FLUX1_DEV_GB['q8_0']} GB, "
                  f"q4_0 {SD_CPP_FLUX1_DEV_GB['q4_0']} GB")
     return "\n".join(lines)
@@ -369,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="rerun phases whose results WORK/results/ holds")
     p.add_argument("--sweep", action="store_true",
                    help="also time MatMulNBits bits/block/accuracy settings at the first --grids side (SWEEP)")
+    p.add_argument("--unfused", action="store_true",
+                   help=f"also export the fp32 denoiser with --attention unfused and time it ({UNFUSED})")
     p.add_argument("--json", type=Path, default=RESULTS / "real_width.json")
     p.add_argument("--md", type=Path, default=RESULTS / "real_width.md")
     args = p.parse_args(argv)
@@ -393,7 +413,12 @@ def main(argv: list[str] | None = None) -> int:
             doc["export"][precision] = run_child("export" if precision == "fp32" else "quantize", args, precision)
             record.write_text(json.dumps(doc["export"][precision]))
         doc["weights"][precision] = run_child("weights", args, precision)
-    for precision in (*PRECISIONS, *ZO_RUNS):
+    if args.unfused:
+        record = args.work / f"export-{UNFUSED}.json"
+        if not record.is_file():
+            record.write_text(json.dumps(run_child("export", args, UNFUSED)))
+        doc["export"][UNFUSED] = json.loads(record.read_text())
+    for precision in (*PRECISIONS, *ZO_RUNS, *((UNFUSED,) if args.unfused else ())):
         doc["step"][precision] = run_child("step", args, precision)
     if args.sweep:
         sweep_args = argparse.Namespace(**{**vars(args), "grids": args.grids[:1]})
@@ -404,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             doc["sweep"][key]["vs_fp32"] = quality(args.work, args.grids[:1], (key,))
             print(f"sweep {key}: {list(doc['sweep'][key]['calls'].values())[0]['median_ms']:.0f} ms", file=sys.stderr)
     doc["extrapolated"] = extrapolate(doc["weights"])
-    doc["quality_vs_fp32"] = quality(args.work, args.grids, (*PRECISIONS[1:], *ZO_RUNS))
+    doc["quality_vs_fp32"] = quality(args.work, args.grids,
+                                     (*PRECISIONS[1:], *ZO_RUNS, *((UNFUSED,) if args.unfused else ())))
     doc["load_average_at_end"] = measure.load_average()
     text = table(doc)
     print(text)
@@ -435,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         "sessions open the graph (session_config + generation_session_config, or generation_file: MatMulNBits "
         "at accuracy level 4); the *-personalize rows as its personalization sessions do (level 1).\n\n"
         f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_real_width.py --work {args.work} "
-        f"--threads {args.threads} --grids {' '.join(map(str, args.grids))}`\n\n```\n{text}\n```\n")
+        f"--threads {args.threads} --grids {' '.join(map(str, args.grids))}"
+        f"{' --sweep' if args.sweep else ''}{' --unfused' if args.unfused else ''}`\n\n```\n{text}\n```\n")
     return 0
 
 
