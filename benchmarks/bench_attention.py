@@ -33,31 +33,12 @@ SHAPES = {"builtin": (6, 32, 256 + 32), "flux-512": (4, 64, 1024 + 32), "real-51
           "real-1024": (24, 128, 4096 + 512)}
 
 
-def unfused_graph(heads: int, head_dim: int):
-    """The attention as torch's exporter writes FLUX's: q, k, v [1, heads, S, head_dim] -> [1, S, heads·head_dim]."""
-    from onnx import TensorProto, helper
-
-    q, k, v = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, heads, "S", head_dim]) for n in "qkv")
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, "S", heads * head_dim])
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-             helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
-             helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
-             helper.make_node("MatMul", ["probs", "v"], ["heads_out"]),
-             helper.make_node("Transpose", ["heads_out"], ["tokens_out"], perm=[0, 2, 1, 3]),
-             helper.make_node("Reshape", ["tokens_out", "shape"], ["out"])]
-    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [head_dim ** -0.5]),
-             helper.make_tensor("shape", TensorProto.INT64, [3], [1, -1, heads * head_dim])]
-    return helper.make_model(helper.make_graph(nodes, "attention", [q, k, v], [out], inits),
-                             opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
-
-
 def graphs(heads: int, head_dim: int) -> dict:
     import onnx_ir as ir
 
-    from ralu_export.attention_fusion import fuse_attention
+    from ralu_export.attention_fusion import fuse_attention, torch_attention_graph
 
-    unfused = unfused_graph(heads, head_dim)
+    unfused = torch_attention_graph(heads, head_dim)
     fused, count = fuse_attention(ir.from_proto(unfused))
     if count != 1:
         raise SystemExit(f"the attention of {heads} x {head_dim} did not fuse")
@@ -135,10 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     args.md.write_text(
         "# Attention: torch's exported ops vs ONNX Runtime's MultiHeadAttention\n\n"
-        f"CPU {env['cpu']}, {env['cores']} cores (shared; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in env['load_average_at_start'])}, at end "
-        f"{', '.join(f'{x:.1f}' for x in doc['load_average_at_end'])}), ORT {env['onnxruntime']}, {args.threads} "
-        f"thread(s). ms: median of {args.repeats} interleaved calls (half as many at 4608 tokens) in one process; "
+        f"{measure.machine_line(env, doc['load_average_at_end'])}, {args.threads} thread(s). ms: median of "
+        f"{args.repeats} interleaved calls (half as many at 4608 tokens) in one process; "
         "peak MB: growth of VmHWM during one call in a fresh process (the q, k, v inputs excluded: allocated "
         "before). Tokens: image + text.\n\n"
         f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_attention.py --threads {args.threads}`\n\n"

@@ -112,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(doc, indent=1) + "\n")
     args.md.write_text(
         "# One weight MatMul: fp32 vs MatMulNBits (issue 15)\n\n"
-        f"CPU {env['cpu']}, {env['cores']} cores (shared; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in env['load_average_at_start'])}, at end "
-        f"{', '.join(f'{x:.1f}' for x in doc['load_average_at_end'])}), ORT {env['onnxruntime']}, {args.threads} "
-        f"thread(s); medians of {args.repeats} interleaved rounds ({max(3, args.repeats // 3)} at real width). "
+        f"{measure.machine_line(env, doc['load_average_at_end'])}, {args.threads} thread(s); medians of "
+        f"{args.repeats} interleaved rounds ({max(3, args.repeats // 3)} at real width). "
         "Ratios below 1 are faster than fp32.\n\n"
         f"Reproduce: `nice -n 5 .venv/bin/python benchmarks/bench_nbits_kernel.py --threads {args.threads}`\n\n"
         f"```\n{text}\n```\n")

@@ -23,7 +23,8 @@ import numpy as np
 from ralu_export.eval.metrics import psnr, ssim
 from ralu_runtime.memory import peak_rss_mb, process_status_mb
 
-__all__ = ["cpu_name", "environment", "interleaved_seconds", "json_child", "load_average", "memory_mb", "peak_rss_mb",
+__all__ = ["cpu_name", "environment", "interleaved_seconds", "json_child", "load_average", "machine_line", "memory_mb",
+           "peak_rss_mb",
            "psnr", "rotated", "rss_mb", "run_with_peak_rss", "ssim", "summary_ms", "versions"]
 
 K = TypeVar("K", bound=Hashable)
@@ -101,6 +102,17 @@ def environment(threads: int | None, libraries: Sequence[str] = ()) -> dict:
     version, and load_average_at_start (1/5/15 min)."""
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": threads,
             **versions("python", "platform", *libraries), "load_average_at_start": load_average()}
+
+
+def machine_line(env: dict, load_at_end: Sequence[float]) -> str:
+    """"CPU ..., N cores (shared; load average at start a, b, c, at end d, e, f), ORT v" for a results page, from
+    environment()'s dict (ORT only where it was asked for)."""
+    def loads(values):
+        return ", ".join(f"{x:.1f}" for x in values)
+
+    ort = f", ORT {env['onnxruntime']}" if "onnxruntime" in env else ""
+    return (f"CPU {env['cpu']}, {env['cores']} cores (shared; load average at start "
+            f"{loads(env['load_average_at_start'])}, at end {loads(load_at_end)}){ort}")
 
 
 # ------------------------------------------------------------------------------------------------- timing

@@ -47,3 +47,24 @@ def fuse_attention(model: ir.Model) -> tuple[ir.Model, int]:
     fused.opset_imports.setdefault("com.microsoft", 1)
     ir.passes.common.RemoveUnusedNodesPass()(fused)
     return fused, replaced
+
+
+def torch_attention_graph(heads: int | str, head_dim: int) -> "onnx.ModelProto":
+    """One attention as torch's exporter writes FLUX's (the pattern fuse_attention rewrites): q, k, v
+    [1, heads, S, head_dim] -> softmax(q kᵀ · head_dim^-0.5) v -> [1, S, heads · head_dim]. `heads` may be a
+    symbolic name. For tests and benchmarks/bench_attention.py."""
+    from onnx import TensorProto, helper
+
+    q, k, v = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, heads, "S", head_dim]) for n in "qkv")
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, "S", None])
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+             helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+             helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
+             helper.make_node("MatMul", ["probs", "v"], ["heads_out"]),
+             helper.make_node("Transpose", ["heads_out"], ["tokens_out"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["tokens_out", "shape"], ["out"])]
+    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [head_dim ** -0.5]),
+             helper.make_tensor("shape", TensorProto.INT64, [3], [0, 0, -1])]
+    return helper.make_model(helper.make_graph(nodes, "attention", [q, k, v], [out], inits),
+                             opset_imports=[helper.make_opsetid("", 18)], ir_version=9)

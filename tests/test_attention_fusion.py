@@ -8,28 +8,15 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from ralu_edge.errors import UserError
 from tests.conftest import exported_bundle, tiny_model_bundle
 
 
-def _attention_graph(heads, head_dim: int = 16) -> onnx.ModelProto:
-    """softmax(q kᵀ · scale) v over [1, heads, S, head_dim] inputs, as torch's exporter writes it, then back to
-    [1, S, heads · head_dim]."""
-    q, k, v = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, heads, "S", head_dim]) for n in "qkv")
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, "S", None])
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["scores"]),
-             helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
-             helper.make_node("Softmax", ["scaled"], ["probs"], axis=-1),
-             helper.make_node("MatMul", ["probs", "v"], ["heads_out"]),
-             helper.make_node("Transpose", ["heads_out"], ["tokens_out"], perm=[0, 2, 1, 3]),
-             helper.make_node("Reshape", ["tokens_out", "shape"], ["out"])]
-    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [head_dim ** -0.5]),
-             helper.make_tensor("shape", TensorProto.INT64, [3], [1, -1, 4 * head_dim])]
-    graph = helper.make_graph(nodes, "attention", [q, k, v], [out], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+def _attention_graph(heads) -> onnx.ModelProto:
+    from ralu_export.attention_fusion import torch_attention_graph
+
+    return torch_attention_graph(heads, 16)
 
 
 def _run(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
