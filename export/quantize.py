@@ -210,7 +210,7 @@ class NBitsConfig:
         return self.accuracy_level if k >= self.int8_compute_min_k else 1
 
 
-# Measured per weight shape on two CPUs (benchmarks/bench_nbits_kernel.py, nbits_kernel.{json,md}; docs/precision.md):
+# Measured per weight shape (benchmarks/bench_nbits_kernel.py on an Intel Xeon, 1 thread; docs/precision.md):
 # - block 128 (ORT's own quantizer default): at FLUX.1's width level 4 runs 0.67-0.75x fp32's MatMul at block 128
 #   against 0.98-1.15x at block 32 (fewer per-block scales and activation quantizations; 256 is 0.60-0.66x but
 #   coarser); output cosine to fp32 0.9947 vs 0.9963 on N(0, 1/K) weights.
