@@ -413,12 +413,13 @@ def main(argv: list[str] | None = None) -> int:
             doc["export"][precision] = run_child("export" if precision == "fp32" else "quantize", args, precision)
             record.write_text(json.dumps(doc["export"][precision]))
         doc["weights"][precision] = run_child("weights", args, precision)
+    extra = (UNFUSED,) if args.unfused else ()
     if args.unfused:
         record = args.work / f"export-{UNFUSED}.json"
         if not record.is_file():
             record.write_text(json.dumps(run_child("export", args, UNFUSED)))
         doc["export"][UNFUSED] = json.loads(record.read_text())
-    for precision in (*PRECISIONS, *ZO_RUNS, *((UNFUSED,) if args.unfused else ())):
+    for precision in (*PRECISIONS, *ZO_RUNS, *extra):
         doc["step"][precision] = run_child("step", args, precision)
     if args.sweep:
         sweep_args = argparse.Namespace(**{**vars(args), "grids": args.grids[:1]})
@@ -429,8 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["sweep"][key]["vs_fp32"] = quality(args.work, args.grids[:1], (key,))
             print(f"sweep {key}: {list(doc['sweep'][key]['calls'].values())[0]['median_ms']:.0f} ms", file=sys.stderr)
     doc["extrapolated"] = extrapolate(doc["weights"])
-    doc["quality_vs_fp32"] = quality(args.work, args.grids,
-                                     (*PRECISIONS[1:], *ZO_RUNS, *((UNFUSED,) if args.unfused else ())))
+    doc["quality_vs_fp32"] = quality(args.work, args.grids, (*PRECISIONS[1:], *ZO_RUNS, *extra))
     doc["load_average_at_end"] = measure.load_average()
     text = table(doc)
     print(text)
